@@ -1,0 +1,4 @@
+# --- data (prepare.py) ---
+dataset = "darija_base"
+
+# --- model and training (pretrain.py) ---

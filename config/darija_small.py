@@ -1,0 +1,4 @@
+# --- data (prepare.py) ---
+dataset = "darija_small"
+
+# --- model and training (pretrain.py) ---

@@ -1,0 +1,4 @@
+# --- data (prepare.py) ---
+dataset = "darija_tiny"
+
+# --- model and training (pretrain.py) ---
