@@ -1,0 +1,399 @@
+"""
+The GPT: a small modern decoder-only Transformer, its KV-cached generation, and the
+checkpoint format every later stage reads. Shared by pretrain.py, sft.py, lora.py, chat.py.
+
+Architecture (each choice and why):
+- token embedding, optionally tied to the output head (tie_embeddings): tying saves
+  vocab_size x n_embd parameters, which is most of a small model's budget.
+- rotary position embeddings (RoPE) instead of learned positions: relative positions, no
+  position table, and a KV cache that stays valid as the context grows.
+- RMSNorm pre-norm with no learnable gain (nanochat): cheaper than LayerNorm, no biases.
+- MLP: "swiglu" (Llama: silu(x W_gate) * (x W_fc), hidden 8/3 n_embd so the parameter count
+  matches a 4x MLP) or "relu2" (relu(x W_fc)^2, hidden 4 n_embd: Primer / modded-nanoGPT).
+- grouped-query attention when n_kv_head < n_head: a smaller KV cache for generation.
+- attention through F.scaled_dot_product_attention (flash kernels on CUDA).
+- no biases anywhere; init N(0, 0.02) with residual projections scaled by 1/sqrt(2 n_layer)
+  so the residual stream does not grow with depth (GPT-2).
+
+API (stable: sft.py, lora.py and chat.py build on it)
+    cfg = GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256)
+    model = GPT(cfg)
+    logits, loss = model(idx, targets)   # idx, targets: (B, T) int64; targets == -1 are ignored;
+                                         # loss = mean cross-entropy over non-ignored targets
+                                         # (None without targets; NaN if every target is -1)
+    model.num_params()                   # unique parameters (a tied embedding counted once)
+    model.flops_per_token()              # training FLOPs per token (6N + attention), for MFU
+    estimate_mfu(model, tokens_per_sec, peak_flops)
+    opt = model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
+
+  Linear layers are plain nn.Linear, named (per block i, prefix "blocks.i."):
+    attn.c_q, attn.c_k, attn.c_v, attn.c_proj, mlp.c_fc, mlp.c_gate (swiglu only), mlp.c_proj;
+    the head is lm_head (its weight is wte.weight when tied).
+
+  Generation with a KV cache that lives across calls (chat keeps one across turns):
+    cache = model.new_cache(batch_size=1)
+    for tok in model.generate(ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                              stop_ids=(), cache=cache): ...
+    - ids: the whole context as a list of ints (batch size 1). The cache remembers which tokens
+      it holds (cache.tokens); generate keeps the longest common prefix of cache.tokens and ids
+      and feeds only the rest, so passing the full conversation each turn costs only the new part.
+    - yields ints one at a time; a token in stop_ids is yielded, then generation stops.
+      temperature=0 means greedy.
+    - when generation ends the cache holds the context and every yielded token EXCEPT the last
+      one (a token is fed only when the next one is asked for). len(cache) == len(cache.tokens)
+      is its length; cache.truncate(n) keeps the first n tokens; cache.reset() empties it.
+    - the cache holds at most block_size tokens. Feeding more raises ContextFullError (a
+      ValueError) before anything is changed; RoPE positions are baked into the cached keys, so
+      to drop old turns, call generate again with the shorter context: the cache is rebuilt.
+
+  Checkpoints (README "Checkpoints"):
+    save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config=None,
+                    tokenizer=None, tokenizer_sha256=None, optimizer=None)  # atomic
+    ckpt = load_checkpoint(path_or_dir, map_location="cpu")   # a directory means its best.pt
+    model = model_from_checkpoint(ckpt)                        # a GPT with the weights loaded
+"""
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192
+    block_size: int = 256       # longest context (training windows and the KV cache)
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4          # < n_head: grouped-query attention; must divide n_head
+    n_embd: int = 256
+    mlp: str = "swiglu"         # "swiglu" or "relu2"
+    mlp_hidden: int = 0         # 0: 8/3 n_embd (swiglu, rounded up to 64) or 4 n_embd (relu2)
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd ({self.n_embd}) must be n_head ({self.n_head}) x an even head size")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.mlp not in ("swiglu", "relu2"):
+            raise ValueError(f"mlp must be 'swiglu' or 'relu2', got {self.mlp!r}")
+        if not self.mlp_hidden:
+            self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64) if self.mlp == "swiglu" else 4 * self.n_embd
+
+
+class ContextFullError(ValueError):
+    pass
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x, cos, sin):
+    # x: (B, H, T, D). Rotate pairs (first half, second half) of each head by a position angle.
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens fed so far, preallocated to block_size."""
+
+    def __init__(self, config, batch_size, device, dtype):
+        shape = (config.n_layer, 2, batch_size, config.n_kv_head, config.block_size, config.n_embd // config.n_head)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = config.block_size
+        self.tokens = []   # the token ids held (batch size 1; generate() keeps it)
+        self.pos = 0       # how many positions are filled
+
+    def __len__(self):
+        return self.pos
+
+    def reset(self):
+        self.truncate(0)
+
+    def truncate(self, n):
+        """Keep the first n tokens (later positions are simply overwritten when fed again)."""
+        self.pos = min(self.pos, n)
+        self.tokens = self.tokens[:self.pos]
+
+    def update(self, layer, k, v):
+        """Store k, v (B, Hkv, T, D) at the current position; return all keys/values so far."""
+        t = k.size(2)
+        self.kv[layer, 0, :, :, self.pos:self.pos + t] = k
+        self.kv[layer, 1, :, :, self.pos:self.pos + t] = v
+        return self.kv[layer, 0, :, :, :self.pos + t], self.kv[layer, 1, :, :, :self.pos + t]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, cache):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(self.layer, k, v)
+        if self.n_kv_head != self.n_head:  # each group of query heads shares one key/value head
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:       # training or a first prefill: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif T == 1:        # one new token attends to everything cached
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:               # T new tokens after `past` cached ones: query i sees keys <= past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.c_proj(y), dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        if self.kind == "swiglu":
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        else:
+            h = F.relu(self.c_fc(x)).square()
+        return F.dropout(self.c_proj(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, cache):
+        x = x + self.attn(norm(x), cos, sin, cache)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        # RoPE angles for every position, computed once (not saved: derived from the config).
+        head_dim = config.n_embd // config.n_head
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(config.block_size).float(), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections: keep the stream's variance flat
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) -> (logits (B, T, vocab), loss or None). With a cache, idx follows its tokens."""
+        logits = self.lm_head(self.hidden(idx, cache))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def hidden(self, idx, cache=None):
+        """The final normed hidden states (B, T, n_embd); advances the cache when given one."""
+        B, T = idx.shape
+        past = cache.pos if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ContextFullError(f"context of {past + T} tokens is longer than block_size "
+                                   f"{self.config.block_size}: drop old tokens (reset the cache) and retry")
+        x = self.wte(idx)
+        cos = self.cos[past:past + T].to(x.dtype)
+        sin = self.sin[past:past + T].to(x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.pos += T
+        return norm(x)
+
+    def new_cache(self, batch_size=1):
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, p.device, p.dtype)
+
+    @torch.no_grad()
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(), cache=None):
+        """Yield up to max_new_tokens sampled token ids after `ids` (see the module docstring)."""
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise ValueError("generate() needs at least one context token (e.g. <|endoftext|>)")
+        cache = self.new_cache(1) if cache is None else cache
+        keep = 0  # longest common prefix of what is cached and the new context
+        while keep < min(len(cache.tokens), len(ids)) and cache.tokens[keep] == ids[keep]:
+            keep += 1
+        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits give the next token
+        if len(ids) > self.config.block_size:
+            raise ContextFullError(f"context of {len(ids)} tokens is longer than block_size "
+                                   f"{self.config.block_size}: drop old tokens and retry")
+        cache.truncate(keep)
+        device = self.lm_head.weight.device
+        was_training = self.training
+        self.eval()
+        try:
+            feed = ids[keep:]
+            for _ in range(max_new_tokens):
+                h = self.hidden(torch.tensor([feed], device=device), cache)
+                cache.tokens += feed
+                logits = self.lm_head(h[0, -1]).float()
+                token = sample(logits, temperature, top_k, top_p)
+                yield token
+                if token in stop_ids:
+                    break
+                feed = [token]
+        finally:
+            self.train(was_training)
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 per parameter (forward + backward) + attention (PaLM appendix B)."""
+        c = self.config
+        n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())  # lookup is free
+        return 6 * n + 6 * c.n_layer * c.n_embd * c.block_size  # 12·L·H·Q·T with causal half-masking
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on matrices (linear and embedding weights) only; fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        fused = device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused or None)
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None):
+    """One token id from a (vocab,) logit vector; temperature 0 is greedy."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:  # nucleus: the smallest set of tokens with mass >= top_p
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(logits.softmax(-1), 1))
+
+
+def estimate_mfu(model, tokens_per_sec, peak_flops):
+    """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (e.g. 989e12 H100 bf16)."""
+    return model.flops_per_token() * tokens_per_sec / peak_flops
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+CHECKPOINT_KEYS = ("model", "model_config", "kind")
+
+
+def _plain(value):
+    """Settings reduced to what torch.load(weights_only=True) accepts: numbers, strings, lists, dicts."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def unwrap(model):
+    """The GPT inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config=None,
+                    tokenizer=None, tokenizer_sha256=None, optimizer=None):
+    """Write a checkpoint atomically: a temp file next to `path`, then os.replace."""
+    if kind not in ("base", "sft", "lora_merged"):
+        raise ValueError(f"checkpoint kind must be 'base', 'sft' or 'lora_merged', got {kind!r}")
+    model = unwrap(model)
+    ckpt = {
+        "model": model.state_dict(),
+        "model_config": asdict(model.config),
+        "tokenizer": None if tokenizer is None else str(tokenizer),
+        "tokenizer_sha256": tokenizer_sha256,
+        "kind": kind,
+        "step": int(step),
+        "best_val_loss": None if best_val_loss is None else float(best_val_loss),
+        "config": _plain(config or {}),
+    }
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint dict (a directory means its best.pt), with clear errors for bad files."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python pretrain.py config/...)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, a pickle with foreign objects, not a torch file at all
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
+                         f"model.py's save_checkpoint): {str(e).splitlines()[0][:200]}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a darija-gpt checkpoint: missing {', '.join(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    """A GPT built from a loaded checkpoint's model_config, with its weights (on the tensors' device)."""
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(ckpt["model_config"]) - known)
+    if unknown:
+        raise ValueError(f"checkpoint model_config has unknown keys {unknown}: written by a newer model.py?")
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    device = next(iter(ckpt["model"].values())).device
+    return model.to(device)
