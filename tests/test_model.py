@@ -1,0 +1,163 @@
+"""model.py: shapes, causality, KV-cache generation == recomputation, loss, checkpoints."""
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
+from model import (GPT, ContextFullError, GPTConfig, estimate_mfu, load_checkpoint, model_from_checkpoint,
+                   sample, save_checkpoint)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("mlp", ["swiglu", "relu2"])
+def test_shapes_and_loss(mlp):
+    model = tiny(mlp=mlp)
+    idx = torch.randint(0, 97, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 97) and loss is None
+    logits, loss = model(idx, idx)
+    assert loss.shape == () and 3.5 < loss.item() < 5.5  # about ln(97) = 4.57 at init
+
+
+def test_ignored_targets_do_not_count():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 8))
+    targets = idx.clone()
+    targets[:, :5] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 97), idx[:, 5:].reshape(-1))
+    assert torch.allclose(loss, expected)
+
+
+def test_causality():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % 97
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.equal(a[:, :9], b[:, :9])
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def greedy_by_recompute(model, ids, n):
+    ids = list(ids)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    return ids
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 1])
+def test_kv_cache_generation_equals_recompute(n_kv_head):
+    model = tiny(n_kv_head=n_kv_head)
+    prompt = [5, 17, 3, 44, 9]
+    assert list(model.generate(prompt, 20, temperature=0)) == greedy_by_recompute(model, prompt, 20)[5:]
+
+
+def test_cache_kept_across_calls():
+    model = tiny()
+    cache = model.new_cache()
+    first = list(model.generate([1, 2, 3], 4, temperature=0, cache=cache))
+    # the last yielded token is not fed yet: the cache holds the context and all but the last token
+    assert len(cache) == 3 + 3 and cache.tokens == [1, 2, 3] + first[:3]
+    turn2 = [1, 2, 3] + first + [7, 8]
+    second = list(model.generate(turn2, 5, temperature=0, cache=cache))
+    assert second == greedy_by_recompute(model, turn2, 5)[len(turn2):]
+    # a context that diverges from the cache keeps only the common prefix
+    other = [1, 2, 9, 9]
+    assert list(model.generate(other, 3, temperature=0, cache=cache)) == greedy_by_recompute(model, other, 3)[4:]
+    cache.truncate(2)
+    assert cache.tokens == [1, 2] and len(cache) == 2
+    cache.reset()
+    assert len(cache) == 0
+
+
+def test_stop_ids_and_context_full():
+    model = tiny()
+    greedy = list(model.generate([4], 10, temperature=0))
+    stopped = list(model.generate([4], 10, temperature=0, stop_ids=(greedy[2],)))
+    assert stopped == greedy[:greedy.index(greedy[2]) + 1]
+    with pytest.raises(ContextFullError, match="longer than block_size 32"):
+        list(model.generate(list(range(33)), 1))
+    # 31 context tokens fill the cache after one more token has been fed: the third must fail
+    out = []
+    with pytest.raises(ContextFullError):
+        for t in model.generate(list(range(31)), 5, temperature=0):
+            out.append(t)
+    assert len(out) == 2
+
+
+def test_sampling_filters():
+    logits = torch.tensor([0.0, 5.0, 4.0, -3.0])
+    torch.manual_seed(0)
+    assert {sample(logits, 1.0, top_k=1) for _ in range(20)} == {1}
+    assert {sample(logits, 1.0, top_p=0.5) for _ in range(20)} == {1}
+    assert {sample(logits, 2.0, top_k=2) for _ in range(200)} == {1, 2}
+    assert sample(logits, 0) == 1
+
+
+def test_loss_falls_when_overfitting():
+    model = tiny().train()
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    batch = torch.randint(0, 97, (4, 17))
+    losses = []
+    for _ in range(30):
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="mlp must be 'swiglu' or 'relu2'"):
+        GPTConfig(mlp="gelu")
+    with pytest.raises(ValueError, match=r"n_kv_head \(3\) must divide n_head \(4\)"):
+        GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
+
+
+def test_params_optimizer_groups_and_mfu():
+    model = tiny(tie_embeddings=True)
+    untied = tiny(tie_embeddings=False)
+    assert untied.num_params() - model.num_params() == 97 * 32
+    groups = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1]  # no biases or gains: only matrices
+    assert all(p.dim() == 2 for p in groups[0]["params"])
+    assert estimate_mfu(model, 1000, 1e12) == pytest.approx(model.flops_per_token() * 1000 / 1e12)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny(mlp="relu2")
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(str(path), model, kind="sft", step=7, best_val_loss=2.5, config={"lr": 1e-3, "t": (1, 2)},
+                    tokenizer="data/x/tokenizer.json", tokenizer_sha256="ab" * 32, optimizer=opt)
+    assert os.listdir(path.parent) == ["best.pt"]  # no temp file left behind
+    ckpt = load_checkpoint(str(path.parent))  # a directory means its best.pt
+    assert (ckpt["kind"], ckpt["step"], ckpt["best_val_loss"], ckpt["config"]) == ("sft", 7, 2.5, {"lr": 1e-3, "t": [1, 2]})
+    assert ckpt["tokenizer"] == "data/x/tokenizer.json" and "optimizer" in ckpt
+    again = model_from_checkpoint(ckpt).eval()
+    idx = torch.randint(0, 97, (1, 12))
+    assert torch.equal(model(idx)[0], again(idx)[0]) and again.config == model.config
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    path = tmp_path / "last.pt"
+    save_checkpoint(str(path), tiny())
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_checkpoint(str(path))
+    torch.save({"state_dict": {}}, str(path))
+    with pytest.raises(ValueError, match="is not a darija-gpt checkpoint: missing model, model_config, kind"):
+        load_checkpoint(str(path))
+    with pytest.raises(ValueError, match="kind must be"):
+        save_checkpoint(str(path), tiny(), kind="chat")
