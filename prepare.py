@@ -142,7 +142,7 @@ def fetch(url, dest):
         return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     part = dest + ".part"
-    for attempt in range(3):
+    for _ in range(3):
         have = os.path.getsize(part) if os.path.exists(part) else 0
         with http_open(url, {"Range": f"bytes={have}-"} if have else None) as r:
             if r.status != 206:  # the server sent the whole file: start over
@@ -156,10 +156,11 @@ def fetch(url, dest):
                         f.write(chunk)
                         done += len(chunk)
                         show(os.path.basename(dest), done, total, t0)
-            except (OSError, HTTPException) as e:
-                print(f"  download cut off at {done / 1e6:.1f} MB ({type(e).__name__}); resuming", flush=True)
-                continue
-        if total and os.path.getsize(part) != total:
+                complete = not total or done == total
+            except (OSError, HTTPException):
+                complete = False
+        if not complete:
+            print(f"  download cut off at {done / 1e6:.2f} MB; resuming", flush=True)
             continue
         show(os.path.basename(dest), done, total, t0, final=True)
         os.replace(part, dest)
@@ -346,7 +347,7 @@ def read_sources(planned, stats):
 
 INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 DIACRITICS = re.compile("[\u064b-\u065f\u0670\u06d6-\u06ed]")
-URLS = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+|(?<!\w)@\w+")
+URLS = re.compile(r"(?:https?://|www\.)\S*[^\s.,;:!?)»\"']|[\w.+-]+@[\w-]+\.\w[\w.-]*\w|(?<!\w)@\w+")
 SPACES = re.compile(r"[^\S\n]{2,}|[^\S \n]")  # runs of spaces, or one tab/no-break space
 BLANK_LINES = re.compile(r"\n{3,}")
 LETTER = regex.compile(r"\p{L}")
@@ -420,7 +421,7 @@ def collect(planned, work):
     secs["read"] = time.time() - t0 - sum(secs.values())
     if not keep.any():
         fail(f"no documents left after cleaning (read {sum(s['docs_read'] for s in stats)}; "
-             f"{dict((k, v) for k, v in report.items() if k.startswith('dropped'))}); "
+             f"{dict((k, v) for k, v in report.items() if k.startswith('dropped') and v)}); "
              "check the sources, text_field and min_doc_chars")
     for i, s in enumerate(stats):
         s["docs_kept"] = int((keep & (source == i)).sum())

@@ -1,0 +1,338 @@
+"""prepare.py: cleaning rules, dedup, the split, .bin round trips, meta.json, the hub and URL paths
+(against a local HTTP server), the offline fallback, and a clear error for each kind of bad input."""
+import gzip
+import hashlib
+import http.server
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+from bpe import Tokenizer
+
+OFFLINE = "http://127.0.0.1:9"  # nothing listens there: connection refused at once
+
+
+@pytest.fixture(scope="module")
+def P():
+    """prepare.py imported as a module, with its default settings (no command line)."""
+    argv, sys.argv = sys.argv, ["prepare.py"]
+    try:
+        return importlib.import_module("prepare")
+    finally:
+        sys.argv = argv
+
+
+def run(cwd, *args, env=None, ok=True):
+    """Run prepare.py in cwd (outputs go to cwd/data/); assert success or failure."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"HF_ENDPOINT": OFFLINE} | (env or {})
+    r = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+    return r
+
+
+def src(**kw):
+    return "--sources=" + repr([kw])
+
+
+def read_bin(out, split):
+    meta = json.loads((out / "meta.json").read_text())
+    ids = np.fromfile(out / f"{split}.bin", dtype=meta["dtype"])
+    tok = Tokenizer.load(out / "tokenizer.json")
+    cuts = list(np.flatnonzero(ids == meta["eot_id"])) + [len(ids)]
+    assert cuts[0] == 0, "every document starts with <|endoftext|>"
+    return [tok.decode(ids[a + 1:b].tolist()) for a, b in zip(cuts, cuts[1:])], ids, meta
+
+
+# --- cleaning, one rule at a time ---------------------------------------------------------------
+
+def test_each_cleaning_rule_and_its_count(P):
+    r = Counter()
+    assert P.clean("ﻻ ﺑﺎﺱ", r) == "لا باس" and r["nfkc_docs"] == 1  # presentation forms fold
+    assert P.clean("مـــزيان", r) == "مزيان" and r["tatweel_chars"] == 3
+    assert P.clean("\ufeffsa\u200blam \u202bwa\u200f", r) == "salam wa" and r["invisible_chars"] == 4
+    assert P.clean("a\r\nb\rc", r) == "a\nb\nc" and r["newlines_docs"] == 1
+    assert P.clean("  salam \t  3lik\u00a0kh\n\n\n\n ok  ", r) == "salam 3lik kh\n\nok"
+    assert P.clean("شُكْرًا", r) == "شُكْرًا"  # diacritics are kept by default
+    assert P.clean("chof https://x.ma/a?b=1 w www.goud.ma, kteb l a.b@c.ma wla @sara_9", r) == "chof w , kteb l wla"
+    assert r["urls_docs"] == 1
+    assert P.clean("!!! 😂😂 ... 123", r) is None and r["dropped_no_letters"] == 1
+    assert P.clean("ok", r) is None and r["dropped_too_short"] == 1  # min_doc_chars = 3
+
+
+def test_cleaning_steps_switch_off(P, monkeypatch):
+    for name in ("nfkc", "strip_tatweel", "strip_invisible", "drop_urls"):
+        monkeypatch.setattr(P, name, False)
+    monkeypatch.setattr(P, "strip_diacritics", True)
+    monkeypatch.setattr(P, "max_doc_chars", 15)
+    r = Counter()
+    assert P.clean("ﻻ مـزيان\u200b @x", r) == "ﻻ مـزيان\u200b @x"
+    assert P.clean("شُكْرًا", r) == "شكرا" and r["diacritics_chars"] == 3
+    assert P.clean("salam labas 3lik", r) is None and r["dropped_too_long"] == 1
+
+
+def test_split_hash_is_seeded_uniform_and_stable(P, monkeypatch):
+    h = np.arange(1, 100_001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    u = P.uniform(h, 0)
+    assert 0 <= u.min() and u.max() < 1 and abs((u < 0.1).mean() - 0.1) < 0.005
+    assert np.array_equal(u, P.uniform(h, 0)) and not np.array_equal(u, P.uniform(h, 1))
+    monkeypatch.setattr(P, "seed", 7)
+    assert (u < 0.1).sum() != (P.uniform(h, 0) < 0.1).sum()
+
+
+# --- the whole stage on local files --------------------------------------------------------------
+
+DOCS = [f"salam {i}: wach nta mzyan a khoya {i * 7}? ana ghadi l dar daba" for i in range(120)] + \
+       [f"السلام {i} عليكم، كيداير؟ لاباس الحمد لله، شنو الأخبار {i}" for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One corpus in four formats, with duplicates across files, prepared once."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "c").mkdir()
+    with open(d / "c/a.jsonl", "w") as f:
+        for t in DOCS[:100]:
+            f.write(json.dumps({"text": t, "source": "x"}, ensure_ascii=False) + "\n")
+    with gzip.open(d / "c/b.jsonl.gz", "wt") as f:
+        for t in DOCS[100:160] + DOCS[:5]:  # 5 exact duplicates of a.jsonl
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    (d / "c/c.txt").write_text("\n\n".join(DOCS[160:200] + [DOCS[160].upper() + " !!"]) + "\n")  # 1 near-exact
+    with open(d / "c/d.csv", "w") as f:
+        f.write("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(DOCS[200:])))
+    args = [src(path="c", txt_docs="block"), "--vocab_size=400", "--val_fraction=0.1"]
+    r = run(d, "--dataset=t", *args)
+    return d, args, r
+
+
+def test_bin_decodes_back_to_the_cleaned_documents(built, P):
+    d, _, r = built
+    train, ids, meta = read_bin(d / "data/t", "train")
+    val, vids, _ = read_bin(d / "data/t", "val")
+    assert sorted(train + val) == sorted(P.clean(t, Counter()) for t in DOCS)  # every doc once, exact
+    assert not set(train) & set(val) and len(val) > 5  # disjoint, by document
+    assert meta["cleaning"]["dropped_duplicate"] == 6
+    assert (meta["train"]["docs"], meta["val"]["docs"]) == (len(train), len(val))
+    assert meta["train"]["tokens"] == len(ids) and meta["val"]["tokens"] == len(vids)
+    assert meta["train"]["bytes"] == sum(len(t.encode()) for t in train)
+    assert meta["val"]["bytes"] == sum(len(t.encode()) for t in val)
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 400
+    assert meta["tokenizer"] == os.path.join("data", "t", "tokenizer.json")
+    assert meta["tokenizer_sha256"] == hashlib.sha256((d / "data/t/tokenizer.json").read_bytes()).hexdigest()
+    s = meta["sources"][0]
+    assert s["docs_read"] == 246 and s["docs_kept"] == 240 and 0.3 < s["arabic_letters"] / s["all_letters"] < 0.7
+    assert not (d / "data/t.partial").exists() and "wrote data/t/" in r.stdout
+
+
+def test_split_is_deterministic_and_seeded(built):
+    d, args, _ = built
+    run(d, "--dataset=t2", *args, "--tokenizer=data/t/tokenizer.json")
+    run(d, "--dataset=t3", *args, "--tokenizer=data/t/tokenizer.json", "--seed=1")
+    same = (d / "data/t/val.bin").read_bytes() == (d / "data/t2/val.bin").read_bytes()
+    assert same and (d / "data/t/train.bin").read_bytes() == (d / "data/t2/train.bin").read_bytes()
+    assert (d / "data/t/val.bin").read_bytes() != (d / "data/t3/val.bin").read_bytes()
+
+
+def test_rerun_reuses_refuses_then_force_rebuilds(built):
+    d, args, _ = built
+    before = (d / "data/t/meta.json").stat().st_mtime
+    assert "up to date" in run(d, "--dataset=t", *args).stdout
+    r = run(d, "--dataset=t", *args[:-1], "--val_fraction=0.2", ok=False)
+    assert "data/t exists and was built differently (val_fraction: 0.1 -> 0.2); run again with --force" in r.stderr
+    assert (d / "data/t/meta.json").stat().st_mtime == before  # untouched
+    run(d, "--dataset=t4", *args, "--tokenizer=data/t/tokenizer.json")
+    run(d, "--dataset=t4", *args[:-1], "--val_fraction=0.2", "--tokenizer=data/t/tokenizer.json", "--force")
+    assert json.loads((d / "data/t4/meta.json").read_text())["settings"]["val_fraction"] == 0.2
+
+
+def test_parquet_and_a_json_array(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    pq.write_table(pa.table({"Text": DOCS[:100], "n": list(range(100))}), tmp_path / "a.parquet")
+    (tmp_path / "b.json").write_text(json.dumps([{"body": t} for t in DOCS[100:]], ensure_ascii=False))
+    r = run(tmp_path, "--sources=[{'path': 'a.parquet', 'text_field': 'Text'}, {'path': 'b.json', 'text_field': 'body'}]",
+            "--vocab_size=300", "--dataset=p")
+    meta = json.loads((tmp_path / "data/p/meta.json").read_text())
+    assert meta["train"]["docs"] + meta["val"]["docs"] == 240, r.stdout
+    r = run(tmp_path, src(path="a.parquet"), "--dataset=q", ok=False)
+    assert "a.parquet: no column 'text'; columns: Text, n (set text_field)" in r.stderr
+
+
+# --- bad input: each one a clear message, and no output left behind --------------------------------
+
+@pytest.mark.parametrize("content, args, message", [
+    (None, [], "source path not found: missing.jsonl"),
+    ('{"txt": "salam"}\n', [], "x.jsonl: no field 'text' in the first record (line 1); fields there: txt"),
+    ('{"text": "!!!"}\n{"text": "?? 😂"}\n', [], "no documents left after cleaning (read 2; {'dropped_no_letters': 2})"),
+    (b'{"text": "salam labas"}\n{"text": "ok \xff\xfe"}\n', [], "x.jsonl: invalid UTF-8 at byte offset 37 (line 2)"),
+    ('{"text": "salam labas"}\n{"text": \n{"text": "wakha"}\n', [],
+     "x.jsonl: 1 of 3 records are malformed or lack 'text' (first at line 2)"),
+    ('{"text": "salam"}\n', ["--bad_bytes=maybe"], "bad_bytes must be 'error', 'replace' or 'skip'"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, content, args, message):
+    name = "missing.jsonl" if content is None else "x.jsonl"
+    if content is not None:
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    r = run(tmp_path, src(path=name), "--dataset=bad", *args, ok=False)
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "data/bad").exists() and not (tmp_path / "data/bad.partial").exists()
+
+
+def test_bad_source_spec(tmp_path):
+    r = run(tmp_path, "--sources=[{'pth': 'x.txt'}]", ok=False)
+    assert "each source must be a dict with exactly one of hub=, url= or path=" in r.stderr
+    r = run(tmp_path, "--sources=[{'path': 'x.txt', 'text_feld': 'a'}]", ok=False)
+    assert "unknown source key 'text_feld'" in r.stderr and "did you mean 'text_field'?" in r.stderr
+
+
+def test_policies_replace_bad_bytes_and_tolerate_few_bad_lines(tmp_path):
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in DOCS[:200]]
+    lines[50] = '{"text": broken'
+    (tmp_path / "x.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bghit \xff atay"}\n')
+    run(tmp_path, src(path="x.jsonl"), "--dataset=ok", "--vocab_size=300", "--bad_bytes=replace")
+    meta = json.loads((tmp_path / "data/ok/meta.json").read_text())
+    assert meta["sources"][0]["malformed_records"] == 1 and meta["sources"][0]["bad_utf8_lines"] == 1
+    train, _, _ = read_bin(tmp_path / "data/ok", "train")
+    val, _, _ = read_bin(tmp_path / "data/ok", "val")
+    assert "bghit \ufffd atay" in train + val
+
+
+# --- the hub and URLs, against a local server ------------------------------------------------------
+
+class Hub(http.server.ThreadingHTTPServer):
+    """A tiny stand-in for the hub: routes[path] = (status, body) or a function(handler)."""
+    daemon_threads = True
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(h):
+                self.seen.append((h.path, dict(h.headers)))
+                route = self.routes.get(h.path, (404, b"not found"))
+                if callable(route):
+                    return route(h)
+                h.send_response(route[0])
+                h.send_header("Content-Length", str(len(route[1])))
+                h.end_headers()
+                h.wfile.write(route[1])
+
+            def log_message(h, *a):
+                pass
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.routes, self.seen = {}, []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hub():
+    server = Hub()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def jsonl(docs):
+    return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs).encode()
+
+
+def test_hub_dataset_by_name_config_and_split(tmp_path, hub):
+    listing = [{"type": "file", "path": "cfg/train-00000.jsonl"}, {"type": "file", "path": "cfg/test-00000.jsonl"},
+               {"type": "file", "path": "cfg/README.md"}]
+    hub.routes = {"/api/datasets/me/darija/tree/main/cfg?recursive=true": (200, json.dumps(listing).encode()),
+                  "/datasets/me/darija/resolve/main/cfg/train-00000.jsonl": (200, jsonl(DOCS)),
+                  "/datasets/me/darija/resolve/main/cfg/test-00000.jsonl": (200, jsonl(["never read"] * 9))}
+    args = [src(hub="me/darija", config="cfg", split="train"), "--vocab_size=300"]
+    run(tmp_path, "--dataset=h", *args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_abc"})
+    meta = json.loads((tmp_path / "data/h/meta.json").read_text())
+    assert meta["train"]["docs"] + meta["val"]["docs"] == 240 and not meta["fallback_used"]
+    assert (tmp_path / "data/_downloads/hub/me/darija/main/cfg/train-00000.jsonl").read_bytes() == jsonl(DOCS)
+    assert all(h.get("Authorization") == "Bearer hf_abc" for _, h in hub.seen)
+    assert not any("test-00000" in p for p, _ in hub.seen)
+    # a second build offline reuses the cached listing and file
+    run(tmp_path, "--dataset=h2", *args, "--tokenizer=data/h/tokenizer.json")
+    assert (tmp_path / "data/h2/train.bin").read_bytes() == (tmp_path / "data/h/train.bin").read_bytes()
+
+
+@pytest.mark.parametrize("code, token, why", [(401, None, "no valid token was sent (HF_TOKEN is not set or is wrong)"),
+                                              (403, "hf_x", "your token has not been granted access")])
+def test_gated_dataset_says_what_to_do(tmp_path, hub, code, token, why):
+    hub.routes = {"/api/datasets/atlasia/Atlaset/tree/main?recursive=true": (code, b"gated")}
+    env = {"HF_ENDPOINT": hub.url} | ({"HF_TOKEN": token} if token else {})
+    r = run(tmp_path, src(hub="atlasia/Atlaset"), env=env, ok=False)
+    assert (f"atlasia/Atlaset is a gated dataset and {why} (HTTP {code}). Open {hub.url}/datasets/atlasia/Atlaset , "
+            "log in and accept its terms") in r.stderr and "export HF_TOKEN=hf_" in r.stderr
+
+
+def test_url_download_resumes_after_a_dropped_connection(tmp_path, hub):
+    body = gzip.compress(jsonl(DOCS))
+
+    def flaky(h):  # the first answer stops halfway; later ones honour Range
+        start = int(h.headers.get("Range", "bytes=0-")[6:-1])
+        h.send_response(206 if start else 200)
+        h.send_header("Content-Length", str(len(body) - start))
+        h.end_headers()
+        h.wfile.write(body[start:] if start else body[:len(body) // 2])
+    hub.routes = {"/files/corpus.jsonl.gz": flaky}
+    r = run(tmp_path, src(url=hub.url + "/files/corpus.jsonl.gz"), "--vocab_size=300", "--dataset=u")
+    assert "download cut off" in r.stdout and hub.seen[1][1]["Range"] == f"bytes={len(body) // 2}-"
+    (cached,) = (tmp_path / "data/_downloads/url").iterdir()
+    assert cached.read_bytes() == body and cached.name.endswith("-corpus.jsonl.gz")
+
+
+def test_a_download_that_keeps_failing_leaves_no_cached_file(tmp_path, hub):
+    def broken(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b"x" * 10)
+    hub.routes = {"/f.jsonl": broken}
+    r = run(tmp_path, src(url=hub.url + "/f.jsonl"), ok=False)
+    assert "failed 3 times; run again to resume" in r.stderr
+    assert [p.name for p in (tmp_path / "data/_downloads/url").iterdir()][0].endswith(".part")
+    assert not (tmp_path / "data/darija_small").exists()
+
+
+def test_offline_falls_back_to_the_sample_corpus(tmp_path):
+    if not any((ROOT / "data/sample/pretrain").glob("*.txt")):
+        pytest.skip("the sample corpus is not written yet")
+    r = run(tmp_path, "--vocab_size=300")  # the default source is on the hub
+    lines = [line for line in r.stdout.splitlines() if "cannot reach" in line]
+    assert lines == ["prepare.py: cannot reach 127.0.0.1:9: [Errno 111] Connection refused: using the sample "
+                     "corpus in data/sample/pretrain instead (a small demo, not a real training set)"]
+    meta = json.loads((tmp_path / "data/darija_small/meta.json").read_text())
+    assert meta["fallback_used"] and meta["train"]["docs"] > 100
+    r = run(tmp_path, "--vocab_size=300", "--fallback=", "--dataset=nofb", ok=False)
+    assert "cannot reach 127.0.0.1:9" in r.stderr
+
+
+def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path, hub):
+    def stall(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "100000")
+        h.end_headers()
+        h.wfile.write(b"x")
+        h.wfile.flush()
+        time.sleep(5)
+    hub.routes = {"/slow.jsonl": stall}
+    p = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), src(url=hub.url + "/slow.jsonl"), "--dataset=c"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(100):
+        if hub.seen:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 1 and "interrupted; data/c was not written" in err
+    assert not (tmp_path / "data/c").exists() and not (tmp_path / "data/c.partial").exists()
