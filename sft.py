@@ -48,14 +48,15 @@ from model import load_checkpoint, model_from_checkpoint, save_checkpoint
 # --- settings (override with a config file and --key=value) ---
 init_from = "out/darija_small"      # the pre-trained checkpoint (a directory means its best.pt)
 out_dir = "out/darija_sft"
-sft_dataset = "darija"              # data/sft/NAME/
+sft_dataset = ""                    # data/sft/NAME/; "": named after init_from (its tokenizer)
 # sources: kind "conversations" ({"messages": [...]} per line) or kind "pairs" (JSONL or CSV with
 # parallel columns; name the column holding each of latin / arabic / english, at least two of them)
 sources = [dict(path="data/sample/sft/conversations.jsonl", kind="conversations"),
            dict(path="data/sample/sft/pairs.jsonl", kind="pairs",
                 latin="darija", arabic="darija_ar", english="eng")]
-tasks = ["dar2en", "en2dar", "lat2ar", "ar2lat"]   # which instruction pairs to make from pairs
-system_prompt = "nta BoDmagh, mosa3id kayhder b darija. jaweb b wdo7 o b ikhtisar."
+TASKS = ["dar2en", "en2dar", "lat2ar", "ar2lat"]
+tasks = TASKS                       # instruction pairs made from parallel rows (Darija->English, ...)
+system_prompt = "nta m3awen kayhder b darija. jaweb b wdo7 o b ikhtisar."
 system_prompt_share = 0.3           # share of pair examples that start with the system prompt
 val_fraction = 0.05
 max_bad_fraction = 0.0              # bad rows tolerated per file (skipped, each reported); 0: fail
@@ -86,51 +87,45 @@ metric_items = 100                  # held-out items per task; 0 skips the metri
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-from configurator import configure  # noqa: E402
-config = configure(globals())
-
-ROLES_CHAT = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
 def fail(msg):
     raise SystemExit(f"sft.py: {msg}")
 
 
+from configurator import ConfigError, configure  # noqa: E402
+try:
+    config = configure(globals())
+except ConfigError as e:
+    fail(str(e))
+if set(tasks) - set(TASKS):
+    fail(f"unknown tasks {sorted(set(tasks) - set(TASKS))}; choose among {', '.join(TASKS)}")
+
+
 # --- 1. the base checkpoint and its tokenizer ---------------------------------------------------
 
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def base_command(path):
-    """The command that makes a missing base checkpoint (config/NAME.py when it exists)."""
-    name = os.path.basename(os.path.normpath(path))
-    cfg = f"config/{name}.py"
-    return f"python pretrain.py {cfg}" if os.path.isfile(cfg) else "python pretrain.py config/darija_small.py"
-
-
 def load_base(path):
-    if not os.path.exists(path if not os.path.isdir(path) else os.path.join(path, "best.pt")):
-        fail(f"no base checkpoint at {path}: pre-train one first with `{base_command(path)}` "
-             f"(or point --init_from at an existing checkpoint)")
+    """The base checkpoint, its tokenizer, the tokenizer's path and sha256, with clear errors."""
+    name = os.path.basename(os.path.normpath(path))
+    make = f"python pretrain.py config/{name if os.path.isfile(f'config/{name}.py') else 'darija_small'}.py"
+    if not os.path.isfile(os.path.join(path, "best.pt") if os.path.isdir(path) else path):
+        fail(f"no base checkpoint at {path}: pre-train one first with `{make}` (or set --init_from)")
     try:
         ckpt = load_checkpoint(path)
+        tok_path = ckpt.get("tokenizer") or "(none)"
+        with open(tok_path, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        tok = Tokenizer.load(tok_path)
+    except OSError:
+        fail(f"{path} names tokenizer {tok_path}, which is missing: run sft.py from the project root, "
+             f"or rebuild the data with `{make}`")
     except ValueError as e:
         fail(str(e))
-    tok_path = ckpt.get("tokenizer")
-    if not tok_path or not os.path.isfile(tok_path):
-        fail(f"the checkpoint {path} names tokenizer {tok_path!r}, which does not exist: "
-             f"run sft.py from the project root, or rebuild the data with `{base_command(path)}`")
-    sha = sha256_file(tok_path)
-    if ckpt.get("tokenizer_sha256") and ckpt["tokenizer_sha256"] != sha:
-        fail(f"{tok_path} changed since {path} was trained (sha256 differs): the model's token ids "
-             f"no longer mean the same text; re-train the base or restore the tokenizer")
-    tok = Tokenizer.load(tok_path)
-    missing = [t for t in ROLES_CHAT if t not in tok.special_tokens]
-    if missing:
-        fail(f"tokenizer {tok_path} has no {', '.join(missing)}: it cannot render chats; "
-             f"rebuild it with the current bpe.py (python prepare.py ... --force)")
+    if ckpt.get("tokenizer_sha256") not in (None, sha):
+        fail(f"{tok_path} changed since {path} was trained (sha256 differs): its ids no longer mean "
+             f"what the model learned; restore the tokenizer or re-train the base")
+    if not all(t in tok.special_tokens for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")):
+        fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
     return ckpt, tok, tok_path, sha
 
 
@@ -251,21 +246,16 @@ def pair_examples(item, rng):
 
 def group_items(items):
     """Union-find: items sharing any normalised sentence (in any field) end up in one group."""
-    parent = list(range(len(items)))
+    parent, owner = list(range(len(items))), {}
 
     def root(i):
         while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
+            parent[i] = i = parent[parent[i]]
         return i
 
-    owner = {}
     for i, item in enumerate(items):
         for key in item_keys(item):
-            if key in owner:
-                parent[root(i)] = root(owner[key])
-            else:
-                owner[key] = i
+            parent[root(i)] = root(owner.setdefault(key, i))
     return [root(i) for i in range(len(items))]
 
 
@@ -347,6 +337,8 @@ def read_examples(path):
 
 
 ckpt, tok, tok_path, tok_sha = load_base(init_from)
+sft_dataset = sft_dataset or os.path.basename(os.path.normpath(init_from if os.path.isdir(init_from)
+                                                               else os.path.dirname(init_from)))
 data_dir = os.path.join("data", "sft", sft_dataset)
 stats_path = os.path.join(data_dir, "stats.json")
 if not os.path.isfile(stats_path) or (build_only and force):
@@ -480,24 +472,19 @@ def evaluate():
 STOP = set(tok.special_tokens.values())  # <|end|> ends an answer; any other special token is a derailment
 
 
-def generate_text(m, ids, stop, first_line=False):
-    """Greedy continuation of `ids` until a stop token (or a newline when first_line)."""
+def generate_text(m, ids, first_line=False):
+    """Greedy continuation of `ids` up to a special token (or a newline when first_line)."""
     out = []
-    room = min(max_new_tokens, m.config.block_size - len(ids))
-    if room <= 0:
-        return ""
-    for t in m.generate(ids, room, temperature=0, stop_ids=stop):
-        if t in stop:
+    for t in m.generate(ids, max(0, min(max_new_tokens, m.config.block_size - len(ids))), temperature=0):
+        if t in STOP or (first_line and "\n" in tok.decode(out)):
             break
         out.append(t)
-        if first_line and "\n" in tok.decode(out):
-            break
     text = tok.decode(out)
     return (text.split("\n")[0] if first_line else text).strip()
 
 
 def answer(m, messages):
-    return generate_text(m, tok.render_for_completion(messages), STOP)
+    return generate_text(m, tok.render_for_completion(messages))
 
 
 def checkpoint(path, with_optimizer):
@@ -547,11 +534,9 @@ while True:
     tokens_seen += x.numel()
     if step % log_interval == 0:
         elapsed = time.time() - t0
-        eta = elapsed / step * (max_iters - step) if not resume else 0
+        eta = elapsed / tokens_seen * x.numel() * (max_iters - step)
         print(f"step {step}/{max_iters}: loss {loss.item():.4f}, lr {lr_at(step):.2e}, "
-              f"{tokens_seen / elapsed:,.0f} tok/s, ETA {eta / 60:.1f} min (or earlier, at an early stop)")
-if best_step == 0 and not resume:
-    print("note: val never improved on the base model's loss; best.pt holds the base weights")
+              f"{tokens_seen / elapsed:,.0f} tok/s, ETA {eta / 60:.1f} min (sooner on an early stop)")
 
 
 # --- 5. the task metric: chrF of greedy answers, base (few-shot) vs SFT -----------------------------
@@ -589,8 +574,8 @@ def task_scores(m, examples, shots, chat):
             continue
         prefix = "".join(f"{a}: {s['input']}\n{b}: {s['messages'][-1]['content']}\n\n" for s in shots[task])
         hyps = [answer(m, ex["messages"][:-1]) if chat else
-                generate_text(m, [tok.eot_id] + tok.encode_ordinary(f"{prefix}{a}: {ex['input']}\n{b}:"),
-                              STOP, first_line=True) for ex in items]
+                generate_text(m, [tok.eot_id] + tok.encode_ordinary(f"{prefix}{a}: {ex['input']}\n{b}:"), True)
+                for ex in items]
         scores[task] = dict(items=len(items), chrf=round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2),
                             example=dict(input=items[0]["input"], output=hyps[0]))
     return scores
@@ -610,6 +595,6 @@ if metric_items:
         print(f"  e.g. {tuned[task]['example']['input']!r} -> base {base[task]['example']['output']!r}, "
               f"sft {tuned[task]['example']['output']!r}")
     write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(dict(
-        base=base, sft=tuned, best_step=best_step, best_val_loss=best_val, steps=step, seed=seed,
+        base=base, sft=tuned, best_step=best_step, best_val_loss=best_val, steps=step, seed=seed, few_shot=few_shot,
         init_from=init_from, sft_dataset=sft_dataset, train_examples=len(train_enc)), indent=1, ensure_ascii=False))
 print(f"done: {out_dir}/best.pt (step {best_step}, val loss {best_val:.4f}); chat: python chat.py --ckpt {out_dir}")
