@@ -54,8 +54,7 @@ sft_dataset = ""                    # data/sft/NAME/; "": named after init_from 
 sources = [dict(path="data/sample/sft/conversations.jsonl", kind="conversations"),
            dict(path="data/sample/sft/pairs.jsonl", kind="pairs",
                 latin="darija", arabic="darija_ar", english="eng")]
-TASKS = ["dar2en", "en2dar", "lat2ar", "ar2lat"]
-tasks = TASKS                       # instruction pairs made from parallel rows (Darija->English, ...)
+tasks = ["dar2en", "en2dar", "lat2ar", "ar2lat"]  # pairs made from parallel rows (Darija->English, ...)
 system_prompt = "nta m3awen kayhder b darija. jaweb b wdo7 o b ikhtisar."
 system_prompt_share = 0.3           # share of pair examples that start with the system prompt
 val_fraction = 0.05
@@ -98,8 +97,6 @@ try:
     config = configure(globals())
 except ConfigError as e:
     fail(str(e))
-if set(tasks) - set(TASKS):
-    fail(f"unknown tasks {sorted(set(tasks) - set(TASKS))}; choose among {', '.join(TASKS)}")
 
 
 # --- 1. the base checkpoint and its tokenizer ---------------------------------------------------
@@ -159,6 +156,8 @@ TEMPLATES = {
 }
 TASK_FIELDS = {"dar2en": ("darija", "english"), "en2dar": ("english", "darija"),
                "lat2ar": ("latin", "arabic"), "ar2lat": ("arabic", "latin")}
+if set(tasks) - set(TEMPLATES):
+    fail(f"unknown tasks {sorted(set(tasks) - set(TEMPLATES))}; choose among {', '.join(TEMPLATES)}")
 
 
 def norm(text):
@@ -324,11 +323,9 @@ def print_stats(stats):
     for s in stats["sources"]:
         print(f"  {s['path']}: {s['items']:,} items ({s['duplicates']:,} duplicates, {s['bad_rows']} bad rows)")
     print(f"  {stats['items']:,} items in {stats['groups']:,} groups (items sharing a sentence stay together)")
-    for name in ("train", "val"):
-        s = stats[name]
-        tasks_txt = ", ".join(f"{t} {n:,}" for t, n in s["tasks"].items())
+    for name, s in ((n, stats[n]) for n in ("train", "val")):
         print(f"  {name}: {s['examples']:,} examples, {s['tokens']:,} tokens, assistant share "
-              f"{s['assistant_share']:.1%} ({tasks_txt})")
+              f"{s['assistant_share']:.1%} ({', '.join(f'{t} {n:,}' for t, n in s['tasks'].items())})")
 
 
 def read_examples(path):
@@ -400,11 +397,8 @@ def pack(encoded, T, rng=None):
         row_ids, row_mask = row_ids + ids, row_mask + mask
     if row_ids:
         rows.append((row_ids, row_mask))
-    x = torch.full((len(rows), T + 1), tok.eot_id, dtype=torch.long)
-    m = torch.zeros((len(rows), T + 1), dtype=torch.bool)
-    for r, (ids, mask) in enumerate(rows):
-        x[r, :len(ids)] = torch.tensor(ids)
-        m[r, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    x = torch.tensor([ids + [tok.eot_id] * (T + 1 - len(ids)) for ids, _ in rows])
+    m = torch.tensor([mask + [0] * (T + 1 - len(mask)) for _, mask in rows], dtype=torch.bool)
     return x[:, :-1], torch.where(m[:, 1:], x[:, 1:], -1)
 
 
@@ -439,8 +433,7 @@ optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.
 step, best_val, best_step = 0, float("inf"), 0
 if resume:
     optimizer.load_state_dict(state["optimizer"])
-    step, best_val = state["step"], state["best_val_loss"] or float("inf")
-    best_step = step
+    step, best_val, best_step = state["step"], state["best_val_loss"], state["step"]
     print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f})")
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
@@ -474,8 +467,8 @@ STOP = set(tok.special_tokens.values())  # <|end|> ends an answer; any other spe
 
 def generate_text(m, ids, first_line=False):
     """Greedy continuation of `ids` up to a special token (or a newline when first_line)."""
-    out = []
-    for t in m.generate(ids, max(0, min(max_new_tokens, m.config.block_size - len(ids))), temperature=0):
+    out, room = [], min(max_new_tokens, m.config.block_size - len(ids))
+    for t in (m.generate(ids, room, temperature=0) if room > 0 else ()):
         if t in STOP or (first_line and "\n" in tok.decode(out)):
             break
         out.append(t)
