@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from operator import add
 from pathlib import Path
 
@@ -88,13 +88,13 @@ def learn_merges(chunk_counts, n_merges, verbose=False):
     freqs = list(chunk_counts.values())
     # Count every adjacent pair, weighted by how often its chunk occurs, and remember
     # which chunks hold it: a merge will only look at those.
-    counts, where = {}, {}
+    counts, where = defaultdict(int), defaultdict(list)
     for i, (w, f) in enumerate(zip(words, freqs)):
         pairs = list(map(add, w, w[1:]))  # "abc" -> ["ab", "bc"]
         for p in pairs:
-            counts[p] = counts.get(p, 0) + f
+            counts[p] += f
         for p in set(pairs):
-            where.setdefault(p, []).append(i)
+            where[p].append(i)
     # Max-heap of (-count, pair). Counts only fall after a pair is born, so an entry may be
     # stale (too high): when popped, it is re-pushed with its true count (lazy deletion).
     heap = [(-c, p) for p, c in counts.items()]
@@ -130,7 +130,7 @@ def merge_pair(pair, new, words, freqs, counts, where, heap):
     index entry and heap entry once every chunk is done."""
     a, b = pair
     del counts[pair]  # every occurrence disappears
-    born = {}  # new pair -> set of chunks holding it
+    born = defaultdict(list)  # new pair -> chunks holding it (a chunk may repeat: harmless)
     for i in where.pop(pair):
         w = words[i]
         if pair not in w:
@@ -141,26 +141,22 @@ def merge_pair(pair, new, words, freqs, counts, where, heap):
         while k >= 0:
             if k > 0:
                 x = t[k - 1]
-                if x == new:  # two sites side by side: (b, a) between them became (new, new)
-                    if b + a != pair:
-                        counts[b + a] -= f
-                    q = new + new
-                else:
-                    if x + a != pair:
-                        counts[x + a] -= f
-                    q = x + new
+                lost = b + a if x == new else x + a  # side by side sites: (b, a) became (new, new)
+                if lost != pair:
+                    counts[lost] -= f
+                q = x + new
                 counts[q] = counts.get(q, 0) + f
-                born.setdefault(q, set()).add(i)
+                born[q].append(i)
             if k + 1 < len(t) and t[k + 1] != new:  # (an adjacent site is done by its left side)
-                y = t[k + 1]
-                if b + y != pair:
-                    counts[b + y] -= f
-                q = new + y
+                lost = b + t[k + 1]
+                if lost != pair:
+                    counts[lost] -= f
+                q = new + t[k + 1]
                 counts[q] = counts.get(q, 0) + f
-                born.setdefault(q, set()).add(i)
+                born[q].append(i)
             k = t.find(new, k + 1)
     for q, chunks in born.items():
-        where[q] = list(chunks)
+        where[q] = chunks
         heapq.heappush(heap, (-counts[q], q))
 
 
@@ -222,8 +218,7 @@ class Tokenizer:
     # --- encoding -------------------------------------------------------------
 
     def _encode_chunk(self, chunk):
-        """BPE on one chunk, tiktoken's way: merge the adjacent pair whose bytes have the
-        lowest id (leftmost on ties) until no adjacent pair is a token."""
+        """One chunk -> ids (see bpe_parts), remembered in a cache: text repeats its words."""
         ids = self._cache.get(chunk)
         if ids is not None:
             return ids
@@ -231,13 +226,7 @@ class Tokenizer:
         if data in self._ranks:  # a whole chunk that is one token (tiktoken's shortcut)
             ids = [self._ranks[data]]
         else:
-            parts, never = [data[i:i + 1] for i in range(len(data))], len(self.vocab)
-            while len(parts) > 1:
-                rank, i = min((self._ranks.get(parts[i] + parts[i + 1], never), i) for i in range(len(parts) - 1))
-                if rank == never:
-                    break
-                parts[i:i + 2] = [parts[i] + parts[i + 1]]
-            ids = [self._ranks[p] for p in parts]
+            ids = [self._ranks[p] for p in bpe_parts(data, self._ranks, len(self.vocab))]
         if len(self._cache) > 200_000:
             self._cache.clear()  # bound the memory on endless streams of new words
         self._cache[chunk] = ids
@@ -404,12 +393,16 @@ class Tokenizer:
 
 
 def bpe_parts(data, ranks, max_rank):
-    """BPE on `data` using only the tokens ranked below max_rank -> the list of parts."""
+    """BPE on the bytes `data`, tiktoken's way: merge the adjacent pair whose bytes form the
+    lowest-ranked token (leftmost on ties), using only ranks below max_rank, until no
+    adjacent pair is such a token. Returns the parts (bytes)."""
     parts = [data[i:i + 1] for i in range(len(data))]
     while len(parts) > 1:
-        rank, i = min((ranks.get(parts[i] + parts[i + 1], max_rank), i) for i in range(len(parts) - 1))
+        pair_ranks = [ranks.get(a + b, max_rank) for a, b in zip(parts, parts[1:])]
+        rank = min(pair_ranks)
         if rank >= max_rank:
             break
+        i = pair_ranks.index(rank)
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
     return parts
 
@@ -428,3 +421,106 @@ class StreamDecoder:
 
     def flush(self):
         return self._utf8.decode(b"", final=True)
+
+
+def load_minbpe(path):
+    """Read a minbpe `.model` file (the course's format: "minbpe v1", the pattern, the number
+    of special tokens, "token id" lines, then one merge "a b" per line) for comparisons."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != "minbpe v1":
+        raise ValueError(f"{path}: not a minbpe v1 model file")
+    n = int(lines[2])
+    specials = {line.split()[0]: int(line.split()[1]) for line in lines[3:3 + n]}
+    return Tokenizer(lines[1], [tuple(map(int, line.split())) for line in lines[3 + n:]], specials)
+
+
+# -----------------------------------------------------------------------------
+# 6. command line
+
+def read_documents(paths, field="text"):
+    """Yield documents from .txt files (one document per file), .jsonl files (one per line,
+    taken from `field`) and folders (their .txt and .jsonl files, sorted)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from read_documents(sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")), field)
+        elif path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)[field]
+                        except (json.JSONDecodeError, KeyError, TypeError):
+                            raise SystemExit(f"{path}:{n}: not a JSON object with a {field!r} field "
+                                             f"(use --field to pick another)") from None
+        elif path.suffix == ".txt":
+            yield path.read_text(encoding="utf-8")
+        else:
+            raise SystemExit(f"{path}: expected a .txt or .jsonl file or a folder")
+
+
+def get_encoder(name):
+    """'gpt2' | 'cl100k_base' | 'o200k_base' | ours.json | minbpe.model -> a tiktoken Encoding."""
+    import tiktoken
+    if name.endswith(".model"):
+        return load_minbpe(name).to_tiktoken(Path(name).stem)
+    if name.endswith(".json"):
+        return Tokenizer.load(name).to_tiktoken(Path(name).stem)
+    return tiktoken.get_encoding(name)
+
+
+def show(enc, text):
+    """The text cut at token boundaries, for learners: 3afak|·sba7|·lkhir (· is a space)."""
+    pieces = [enc.decode_single_token_bytes(i).decode("utf-8", "backslashreplace") for i in enc.encode_ordinary(text)]
+    return "|".join(p.replace(" ", "·").replace("\n", "\\n") for p in pieces)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer or compare tokenizers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="learn a tokenizer from text and write it as JSON")
+    train.add_argument("inputs", nargs="+", help=".txt files, .jsonl files or folders")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--out", required=True, help="where to write the tokenizer (.json)")
+    train.add_argument("--pattern", default="darija", help=f"one of {list(PATTERNS)} or a regex")
+    train.add_argument("--field", default="text", help="the JSONL field holding the text")
+    train.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    compare = sub.add_parser("compare", help="bytes per token of several tokenizers on held-out text")
+    compare.add_argument("tokenizers", nargs="*", default=["gpt2", "cl100k_base", "o200k_base"],
+                         help="tiktoken names, our .json files, minbpe .model files")
+    compare.add_argument("--heldout", nargs="*", default=[], help="held-out .txt/.jsonl files or folders")
+    compare.add_argument("--field", default="text")
+    compare.add_argument("--show", help="also print how each tokenizer cuts this text")
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        if Path(args.out).exists() and not args.force:
+            raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
+        t0 = time.time()
+        try:
+            tok = Tokenizer.train(read_documents(args.inputs, args.field), args.vocab_size, args.pattern, verbose=True)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        tok.save(args.out)
+        print(f"wrote {args.out}: vocab_size {tok.vocab_size} ({len(tok.merges)} merges, "
+              f"{len(tok.special_tokens)} special tokens) in {time.time() - t0:.1f} s")
+        return
+    if not args.heldout and not args.show:
+        raise SystemExit("compare: give --heldout FILE (and/or --show TEXT)")
+    docs = list(read_documents(args.heldout, args.field))
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    if args.heldout:
+        print(f"{'tokenizer':<40} {'vocab':>8} {'tokens':>10} {'bytes/token':>12}   ({n_bytes:,} bytes held out)")
+    for name in args.tokenizers:
+        try:
+            enc = get_encoder(name)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: cannot load tokenizer {name!r}: {e}") from None
+        if args.heldout:
+            n_tokens = sum(map(len, enc.encode_ordinary_batch(docs)))
+            print(f"{name:<40} {enc.n_vocab:>8,} {n_tokens:>10,} {n_bytes / max(n_tokens, 1):>12.2f}")
+        if args.show:
+            print(f"  {show(enc, args.show)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
 """Tests for bpe.py: the trainer against a naive reference, ids against tiktoken, files, chat."""
+import functools
 import json
 from collections import Counter
 
@@ -147,9 +148,14 @@ def test_round_trip_and_export_on_any_text(tok, text):
     assert ids == tok.to_tiktoken().encode_ordinary(text)
 
 
+@functools.lru_cache(maxsize=None)
+def from_tiktoken(name):  # rebuilding o200k_base's merges takes seconds: once per run
+    return Tokenizer.from_tiktoken(name)
+
+
 @pytest.fixture(scope="module", params=["gpt2", "cl100k_base", "o200k_base"])
 def official(request):
-    return Tokenizer.from_tiktoken(request.param), tiktoken.get_encoding(request.param)
+    return from_tiktoken(request.param), tiktoken.get_encoding(request.param)
 
 
 def test_ids_equal_tiktoken(official):
@@ -232,7 +238,8 @@ def test_save_load_round_trip(tok, tmp_path):
 
 
 def test_save_load_tiktoken_byte_order(tmp_path):
-    gpt2 = Tokenizer.from_tiktoken("gpt2")
+    gpt2 = from_tiktoken("gpt2")
+    assert [v[0] for v in gpt2.vocab[:3]] == [ord("!"), ord('"'), ord("#")]  # tiktoken's ids, not bytes
     gpt2.save(tmp_path / "gpt2.json")
     loaded = Tokenizer.load(tmp_path / "gpt2.json")
     assert loaded.encode_ordinary(TEXTS[6]) == tiktoken.get_encoding("gpt2").encode_ordinary(TEXTS[6])
@@ -316,4 +323,48 @@ def test_render_for_completion_must_end_with_user(tok):
     with pytest.raises(ValueError, match="the last message must have role 'user'"):
         tok.render_for_completion([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     with pytest.raises(ValueError, match="no chat tokens"):
-        Tokenizer.from_tiktoken("gpt2").render_for_completion([{"role": "user", "content": "a"}])
+        Tokenizer.train(CORPUS, 300, special_tokens=["<|endoftext|>"]).render_for_completion([{"role": "user", "content": "a"}])
+
+
+# --- minbpe files and the command line --------------------------------------------
+
+def test_load_minbpe(tmp_path):
+    path = tmp_path / "course.model"
+    path.write_text(f"minbpe v1\n{bpe.PATTERNS['gpt4']}\n1\n<|endoftext|> 258\n97 97\n256 98\n", encoding="utf-8")
+    tok = bpe.load_minbpe(path)
+    assert tok.encode("aab aa<|endoftext|>", allowed_special="all") == [257, 32, 256, 258] and tok.eot_id == 258
+    path.write_text("not a model\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a minbpe v1 model file"):
+        bpe.load_minbpe(path)
+
+
+def test_cli_train_and_compare(tmp_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("\n".join(CORPUS[:3]), encoding="utf-8")
+    (tmp_path / "corpus" / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in CORPUS[3:6]), encoding="utf-8")
+    out = tmp_path / "tok.json"
+    bpe.main(["train", str(tmp_path / "corpus"), "--vocab-size", "300", "--out", str(out)])
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 300
+    assert tok.merges == Tokenizer.train(["\n".join(CORPUS[:3])] + CORPUS[3:6], 300).merges
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists; pass --force to overwrite it"):
+        bpe.main(["train", str(tmp_path / "corpus"), "--vocab-size", "300", "--out", str(out)])
+    bpe.main(["compare", str(out), "gpt2", "--heldout", str(tmp_path / "corpus" / "b.jsonl"), "--show", "3afak sba7"])
+    lines = capsys.readouterr().out.splitlines()
+    n_bytes = sum(len(t.encode()) for t in CORPUS[3:6])
+    n_tokens = sum(len(tok.encode_ordinary(t)) for t in CORPUS[3:6])
+    assert lines[1].split()[-2:] == [f"{n_tokens:,}", f"{n_bytes / n_tokens:.2f}"]
+    assert lines[2] == "  " + "|".join(tok.decode([i]) for i in tok.encode("3afak sba7")).replace(" ", "·")
+    assert lines[3].startswith("gpt2") and lines[4] == "  3|af|ak|·s|ba|7"
+
+
+def test_cli_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"bad\.jsonl:2: not a JSON object with a 'text' field"):
+        bpe.main(["train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match="error: vocab_size=10 is too small"):
+        bpe.main(["train", str(tmp_path), "--vocab-size", "10", "--out", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match=r"expected a \.txt or \.jsonl file or a folder"):
+        bpe.main(["train", str(tmp_path / "x.csv"), "--vocab-size", "300", "--out", str(tmp_path / "t.json")])
