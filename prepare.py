@@ -5,29 +5,26 @@ prepare.py: the data stage. Raw Darija text in; token ids, a tokenizer and a rep
     python prepare.py config/darija_small.py --force   # rebuilds it after a change of settings
 
 What happens, in the order the code below runs, and why:
-1. Get text. `sources` is a list of dicts: dict(hub="owner/name", config=..., split="train",
-   text_field="text", max_chars=...), dict(url="https://.../f.jsonl.gz"), dict(path="file/or/folder").
-   Hub files are found with the hub's listing API and fetched over plain HTTPS (HF_TOKEN and
-   HF_ENDPOINT honoured): no extra package. Downloads are cached in data/_downloads/ through a .part
-   file renamed only when complete (a cut connection resumes; a truncated file never looks whole).
-   Readers stream .txt, .jsonl/.json, .csv, .parquet and .gz of each. When the hub cannot be
-   reached, one line says so and the sample corpus in data/sample/pretrain is used instead.
-2. Clean each document, every step switchable and counted in meta.json: NFKC (folds Arabic
-   presentation forms: the course's tokenizer spent 1,532 of its 16,384 tokens on them), tatweel,
-   zero-width and bidi controls, CRLF and whitespace, optional diacritics, URLs/e-mails/@mentions,
-   documents without a letter, minimum and maximum length.
-3. Deduplicate exactly, across all sources, on a hash of the case-folded letters and digits
-   ("Salam!" and "salam" are one document). Cleaned documents stream to a work file; 13 bytes per
-   document stay in memory, so memory hardly grows with the size of the corpus.
+1. Get text from `sources`: dicts with hub="owner/name" (a Hugging Face dataset, found through the
+   hub's listing API and fetched over plain HTTPS: no extra package; HF_TOKEN and HF_ENDPOINT are
+   honoured), url="https://..." or path="file/or/folder". Downloads are cached in data/_downloads/
+   through a .part file renamed only when complete (a cut connection resumes; a truncated file never
+   looks whole). Readers stream .txt, .jsonl/.json, .csv, .parquet and .gz of each. When the hub
+   cannot be reached, one line says so and the sample corpus in data/sample/pretrain is used.
+2. Clean each document, every step switchable and counted: NFKC (folds Arabic presentation forms:
+   the course's tokenizer spent 1,532 of its 16,384 tokens on them), tatweel, zero-width and bidi
+   controls, CRLF and whitespace, optional diacritics, URLs/e-mails/@mentions, documents without a
+   letter, minimum and maximum length.
+3. Deduplicate exactly across sources on a hash of the case-folded letters and digits ("Salam!" =
+   "salam"). Documents stream to a work file; 13 bytes per document stay in memory.
 4. Split by document, never by position (the course's mistake): a document goes to val when a
-   seeded hash of its text falls below val_fraction: random, reproducible, and a document keeps
-   its side when sources are added or removed.
+   seeded hash of its text falls below val_fraction, so it keeps its side when sources change.
 5. Tokenizer: bpe.py trains on a random sample of the training documents (not a prefix), or an
    existing tokenizer file is reused.
 6. Encode with the tokenizer's tiktoken export (same ids, tiktoken's speed, all cores) into
    train.bin / val.bin, each document preceded by <|endoftext|>, uint16 when the vocabulary fits.
-   Everything is built in data/NAME.partial/ and renamed to data/NAME/ only when complete, so a
-   crash or Ctrl-C never leaves data that pretrain.py would take as finished.
+   All is built in data/NAME.partial/ and renamed to data/NAME/ when complete: a crash or Ctrl-C
+   never leaves data that pretrain.py would take as finished.
 """
 import array
 import csv
@@ -117,8 +114,7 @@ DATA_EXT = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 def http_open(url, headers=None):
     """GET with short timeouts; a missing server is Unreachable, an HTTP refusal a clear error."""
-    headers = dict(headers or {}, **{"User-Agent": "darija-gpt-prepare"})
-    req = urllib.request.Request(url, headers=headers)
+    req = urllib.request.Request(url, headers={"User-Agent": "darija-gpt-prepare", **(headers or {})})
     if url.startswith(HUB) and os.environ.get("HF_TOKEN"):  # not forwarded to the CDN a file redirects to
         req.add_unredirected_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
     try:
@@ -147,9 +143,8 @@ def fetch(url, dest):
         with http_open(url, {"Range": f"bytes={have}-"} if have else None) as r:
             if r.status != 206:  # the server sent the whole file: start over
                 have = 0
-            size = r.headers.get("Content-Length")
-            total = have + int(size) if size else 0
-            t0, done = time.time(), have
+            size = int(r.headers.get("Content-Length") or 0)  # 0: unknown
+            total, t0, done = have + size if size else 0, time.time(), have
             try:
                 with open(part, "ab" if have else "wb") as f:
                     while chunk := r.read(1 << 20):
@@ -172,8 +167,7 @@ def hub_files(src):
     """Data files of a hub dataset for one config (a folder of the repo) and split, in order."""
     repo, rev = src["hub"], src.get("revision", "main")
     listing = os.path.join(CACHE, "hub", repo, rev, "_listing.json")
-    url = f"{HUB}/api/datasets/{repo}/tree/{rev}" + (f"/{src['config']}" if src.get("config") else "")
-    url += "?recursive=true"
+    url = f"{HUB}/api/datasets/{repo}/tree/{rev}" + (f"/{src['config']}" if src.get("config") else "") + "?recursive=true"
     try:
         entries = []
         while url:  # the listing comes in pages linked by a `Link: <...>; rel="next"` header
@@ -233,19 +227,14 @@ def lines_of(path, stats):
 def read_file(path, src, stats):
     """Yield the documents (raw strings) of one file, whatever its format."""
     field, ext = src.get("text_field", "text"), os.path.splitext(path.removesuffix(".gz"))[1]
-    if ext == ".txt":
+    if ext == ".txt":  # a document per line, or per block of lines between blank lines
         block = []
-        for _, line in lines_of(path, stats):
-            if src.get("txt_docs", "line") == "line":
-                if line.strip():
-                    yield line
-            elif line.strip():
+        for _, line in itertools.chain(lines_of(path, stats), [(0, "\n")]):
+            if line.strip():
                 block.append(line)
-            elif block:
+            if block and (not line.strip() or src.get("txt_docs", "line") == "line"):
                 yield "".join(block)
                 block = []
-        if block:
-            yield "".join(block)
         return
     if ext == ".parquet":
         try:
@@ -270,8 +259,7 @@ def read_file(path, src, stats):
                     else ((n, parse_json(line)) for n, line in enumerate(whole.splitlines(), 1) if line.strip()))
     else:
         numbered = ((n, parse_json(line)) for n, line in lines_of(path, stats) if line.strip())
-    total = bad = 0
-    first_bad = None
+    total, bad, first_bad = 0, 0, None
     for n, rec in numbered:
         total += 1
         text = rec.get(field) if isinstance(rec, dict) else None
@@ -307,10 +295,9 @@ def plan(srcs):
     for src in srcs:
         if not isinstance(src, dict) or [k in src for k in ("hub", "url", "path")].count(True) != 1:
             fail(f"each source must be a dict with exactly one of hub=, url= or path=; got {src!r}")
-        for k in src:
-            if k not in SOURCE_KEYS:
-                close = difflib.get_close_matches(k, SOURCE_KEYS, n=1)
-                fail(f"unknown source key '{k}' in {src!r}" + (f"; did you mean '{close[0]}'?" if close else ""))
+        for k in set(src) - SOURCE_KEYS:
+            close = difflib.get_close_matches(k, SOURCE_KEYS, n=1)
+            fail(f"unknown source key '{k}' in {src!r}" + (f"; did you mean '{close[0]}'?" if close else ""))
         if "hub" in src:
             files, name = hub_files(src), src["hub"] + (f"/{src['config']}" if src.get("config") else "")
         elif "url" in src:
@@ -330,11 +317,11 @@ def read_sources(planned, stats):
         for url, path in files:
             if chars >= cap:
                 break
-            if url:
-                try:
+            try:
+                if url:
                     fetch(url, path)
-                except Unreachable as e:
-                    fail(f"lost the connection while downloading {url} ({e}); run again to resume")
+            except Unreachable as e:
+                fail(f"lost the connection while downloading {url} ({e}); run again to resume")
             for doc in read_file(path, src, stats[i]):
                 yield i, doc
                 chars += len(doc)
@@ -386,9 +373,8 @@ def collect(planned, work):
     """Read, clean and write every document to work/docs.txt; return per-document arrays."""
     stats = [Counter() for _ in planned]
     report, secs = Counter(), Counter()
-    lengths, hashes, source = array.array("I"), array.array("Q"), array.array("B")
-    t0, read = time.time(), 0
-    clock = time.perf_counter
+    lengths, hashes, source = array.array("I"), array.array("Q"), array.array("B")  # compact: 13 B/doc
+    t0, read, clock = time.time(), 0, time.perf_counter
     with open(os.path.join(work, "docs.txt"), "wb") as out:
         for i, raw in read_sources(planned, stats):
             stats[i]["docs_read"] += 1
@@ -406,7 +392,7 @@ def collect(planned, work):
                 stats[i][script + "_letters"] += sum(map(len, pat.findall(doc)))
             secs["clean"] += clock() - t
             t = clock()
-            key = KEY.sub("", doc.casefold()).encode("utf-8") or data
+            key = KEY.sub("", doc.casefold()).encode("utf-8")
             hashes.append(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
             secs["dedup"] += clock() - t
     show("reading and cleaning", read, 0, t0, unit="M chars", final=True)
@@ -585,14 +571,12 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for s in meta["sources"]:
-        share = {k: s.get(k + "_letters", 0) / max(1, s.get("all_letters", 0)) for k in ("arabic", "latin")}
-        print(f"{s['name']}: {s['docs_read']:,} documents read, {s['docs_kept']:,} kept; letters "
-              f"{share['arabic']:.0%} Arabic script, {share['latin']:.0%} Latin, "
-              f"{1 - share['arabic'] - share['latin']:.0%} other")
+        ar, lat = (s.get(k + "_letters", 0) / max(1, s.get("all_letters", 0)) for k in ("arabic", "latin"))
+        print(f"{s['name']}: {s['docs_read']:,} documents read, {s['docs_kept']:,} kept; letters: "
+              f"{ar:.0%} Arabic script, {lat:.0%} Latin, {1 - ar - lat:.0%} other")
     print("dropped: " + (", ".join(f"{k[8:]} {v:,}" for k, v in meta["cleaning"].items()
                                    if k.startswith("dropped_") and v) or "nothing"))
-    for split in ("train", "val"):
-        c = counts[split]
+    for split, c in counts.items():
         print(f"{split}: {c['docs']:,} documents, {c['tokens']:,} tokens, {c['bytes'] / 1e6:.2f} MB "
               f"({c['bytes'] / c['tokens']:.2f} bytes/token)")
     print(f"seconds per step: {meta['seconds']}\nwrote {out}/ (train.bin, val.bin, tokenizer.json, meta.json)")
