@@ -397,3 +397,195 @@ def model_from_checkpoint(ckpt):
     model.load_state_dict(ckpt["model"])
     device = next(iter(ckpt["model"].values())).device
     return model.to(device)
+
+
+# ---- LoRA adapters ----
+# Owned by the LoRA stage (lora.py trains them, chat.py applies them; they live here because stages
+# never import each other). LoRA (Hu et al. 2021) freezes a pre-trained linear layer W and learns a
+# low-rank update: y = W x + (alpha / r) B A x, with A (r x in) and B (out x r), r << in, out.
+# - A starts like nn.Linear's own weight (kaiming-uniform) and B at zero, so an added adapter
+#   changes nothing until it is trained.
+# - the update is scaled by alpha / r (the course scaled by alpha): changing r then keeps the
+#   size of the update, so a learning rate found at one rank works at another.
+# - merge() folds (alpha / r) B A into W: the merged model is a plain GPT, as fast as the base.
+#
+#   wrapped = add_lora(model, rank=8, alpha=16, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0)
+#   lora_state_dict(model)                       # {"blocks.0.attn.c_q.lora_A": tensor, ...}
+#   save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, ...)   # atomic
+#   merge_lora(model)                            # adapters folded in, plain nn.Linear again
+#   model = apply_adapter(model_from_checkpoint(ckpt), adapter_path, sha256_of(ckpt_path))
+#
+# Targets: a target names a linear layer by the end of its dotted name, at a dot boundary. Layer
+# names are blocks.i.attn.{c_q,c_k,c_v,c_proj} and blocks.i.mlp.{c_fc,c_gate,c_proj}, so
+# "c_proj" matches BOTH attn.c_proj and mlp.c_proj (every layer that writes into the residual
+# stream); write "attn.c_proj" or "mlp.c_proj" for one of them. A target matching nothing is an
+# error. Embeddings and lm_head stay frozen unless named ("lm_head" is refused when tied to wte).
+
+import hashlib  # noqa: E402  (only the adapter files need it)
+
+LORA_FORMAT = "darija-gpt-lora"
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: base(x) + (alpha / r) B(A(dropout(x)))."""
+
+    def __init__(self, base, rank, alpha, dropout=0.0):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        self.base = base.requires_grad_(False)
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # exactly nn.Linear's default init
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.merged = False
+
+    def forward(self, x):
+        y = self.base(x)
+        if self.merged:  # the update is inside base.weight already
+            return y
+        return y + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+
+    def delta(self):
+        """The update (alpha / r) B A as a weight matrix, computed in float32."""
+        return self.scale * (self.lora_B.float() @ self.lora_A.float())
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            w = self.base.weight
+            w.copy_((w.float() + self.delta()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            w = self.base.weight
+            w.copy_((w.float() - self.delta()).to(w.dtype))
+            self.merged = False
+
+
+def _short(name):
+    """blocks.3.attn.c_q -> attn.c_q: the per-block name a target is written with."""
+    parts = name.split(".")
+    return ".".join(parts[2:]) if parts[0] == "blocks" else name
+
+
+def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0):
+    """Freeze every parameter, wrap the nn.Linear layers matching `targets` (see above) in
+    LoRALinear, and return the wrapped layers' names in model order."""
+    model = unwrap(model)
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
+    model.requires_grad_(False)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    chosen = set()
+    for target in targets:
+        hits = [n for n, _ in linears if n == target or n.endswith("." + target)]
+        if not hits:
+            names = sorted({_short(n) for n, _ in linears})
+            raise ValueError(f"LoRA target {target!r} matches no linear layer; choose among {', '.join(names)}")
+        chosen.update(hits)
+    wrapped = []
+    for name, module in linears:
+        if name not in chosen:
+            continue
+        if name == "lm_head" and model.config.tie_embeddings:
+            raise ValueError("lm_head is tied to the token embedding (tie_embeddings=True): an adapter on it "
+                             "would also change the embedding; leave lm_head out of the targets")
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, LoRALinear(module, rank, alpha, dropout))
+        wrapped.append(name)
+    return wrapped
+
+
+def merge_lora(model):
+    """Fold every adapter into its base weight and put the plain nn.Linear back, so the model
+    saves as a normal checkpoint (save_checkpoint(..., kind="lora_merged")). Returns the model."""
+    model = unwrap(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, module.base)
+    return model
+
+
+def lora_state_dict(model):
+    """Only the adapter weights, {"blocks.0.attn.c_q.lora_A": tensor, ...} (sharing storage with the model)."""
+    return {k: v for k, v in unwrap(model).state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def sha256_of(path):
+    """sha256 of a file (a directory means its best.pt): what ties an adapter to its base."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, tokenizer=None,
+                 tokenizer_sha256=None, config=None):
+    """Write the adapter alone (README "Adapter file") atomically: a temp file, then os.replace."""
+    adapter = {"format": LORA_FORMAT, "version": 1,
+               "lora": {k: v.cpu() for k, v in lora_state_dict(model).items()},
+               "rank": int(rank), "alpha": float(alpha), "targets": [str(t) for t in targets],
+               "base": str(base_path), "base_sha256": base_sha256,
+               "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
+               "config": _plain(config or {})}
+    if not adapter["lora"]:
+        raise ValueError("the model has no LoRA adapters to save: add_lora(model, ...) first")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(adapter, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_adapter(path):
+    """Load and check an adapter file; clear ValueErrors for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no adapter file at {path}: train one with `python lora.py config/...`")
+    try:
+        adapter = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable adapter file (truncated or corrupt): "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(adapter, dict) or adapter.get("format") != LORA_FORMAT:
+        hint = " (it looks like a checkpoint: pass it as the checkpoint, not the adapter)" \
+            if isinstance(adapter, dict) and "model" in adapter else ""
+        raise ValueError(f"{path} is not a {LORA_FORMAT} adapter file{hint}")
+    if adapter.get("version") != 1:
+        raise ValueError(f"{path} is adapter format version {adapter.get('version')}; this model.py reads version 1")
+    return adapter
+
+
+def apply_adapter(model, adapter_path, base_sha256):
+    """Add the adapter in `adapter_path` to `model` (built from the base checkpoint whose file
+    hashes to base_sha256), load its weights, merge them, and return the model."""
+    adapter = load_adapter(adapter_path)
+    if adapter["base_sha256"] != base_sha256:
+        raise ValueError(f"adapter {adapter_path} was trained on base {adapter['base']} "
+                         f"(sha {adapter['base_sha256'][:12]}), not on this checkpoint (sha {base_sha256[:12]}): "
+                         f"load the base it was trained on")
+    model = unwrap(model)
+    add_lora(model, adapter["rank"], adapter["alpha"], adapter["targets"])
+    own = lora_state_dict(model)
+    if set(own) != set(adapter["lora"]):
+        raise ValueError(f"adapter {adapter_path} does not fit this model: its layers "
+                         f"{sorted(set(adapter['lora']) ^ set(own))[:3]} differ")
+    with torch.no_grad():
+        for name, tensor in adapter["lora"].items():
+            if own[name].shape != tensor.shape:
+                raise ValueError(f"adapter {adapter_path}: {name} has shape {tuple(tensor.shape)}, "
+                                 f"the model expects {tuple(own[name].shape)}")
+            own[name].copy_(tensor)
+    return merge_lora(model)

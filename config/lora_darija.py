@@ -1,0 +1,17 @@
+# LoRA instruction tuning of the pre-trained darija_small model, on the same dataset as
+# config/sft_darija.py, so its scores compare with the full fine-tune (out/darija_sft).
+#   python pretrain.py config/darija_small.py && python lora.py config/lora_darija.py
+init_from = "out/darija_small"
+out_dir = "out/darija_lora"
+sft_dataset = "darija"
+sft_config = "config/sft_darija.py"
+compare_to = "out/darija_sft"
+
+rank = 8                                  # ~2% of darija_small's parameters with these targets
+alpha = 16.0                              # update scaled by alpha / rank = 2
+targets = ["c_q", "c_k", "c_v", "c_proj"]  # q, k, v and both output projections (attn and mlp)
+
+learning_rate = 1e-3                      # 10x full SFT's: only the low-rank directions move
+max_iters = 2000                          # an upper bound: early stopping ends most runs sooner
+eval_interval = 100
+patience = 4

@@ -1,0 +1,252 @@
+"""LoRA: the adapter layer in model.py (B = 0 changes nothing, merge is exact, only adapters learn,
+the adapter file round-trips and refuses a wrong base) and lora.py end to end on a tiny base made
+here (dataset built through sft.py, val loss falls, adapter + merged checkpoint agree)."""
+import hashlib
+import io
+import json
+import runpy
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bpe import Tokenizer
+from conftest import ROOT
+from model import (GPT, GPTConfig, LoRALinear, add_lora, apply_adapter, load_adapter, load_checkpoint,
+                   lora_state_dict, merge_lora, model_from_checkpoint, save_adapter, save_checkpoint, sha256_of)
+
+CFG = dict(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_kv_head=1, n_embd=32)
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**CFG, **kw}))
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CFG["vocab_size"], (4, 16), generator=g)
+
+
+def train_adapters(model, steps, x):
+    """A few Adam steps on a fixed next-token batch; returns the losses."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_lora_linear_starts_as_the_base_layer_and_is_initialised_like_nn_linear():
+    torch.manual_seed(0)
+    base = nn.Linear(64, 48, bias=False)
+    layer = LoRALinear(base, rank=4, alpha=8)
+    x = torch.randn(3, 64)
+    assert torch.equal(layer(x), base(x))  # B = 0: exactly the base output
+    assert layer.lora_A.shape == (4, 64) and layer.lora_B.shape == (48, 4) and layer.scale == 2.0
+    assert not torch.any(layer.lora_B) and not base.weight.requires_grad
+    bound = 1 / 64 ** 0.5  # kaiming-uniform with a = sqrt(5), as nn.Linear: U(-1/sqrt(in), 1/sqrt(in))
+    assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.9 * bound
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = base(x) + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)  # scaled by alpha / r, not alpha
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        LoRALinear(base, rank=0, alpha=1)
+
+
+def test_add_lora_with_b_zero_equals_the_base_model_and_names_targets_explicitly():
+    model, x = tiny(), batch()
+    before, _ = model(x)
+    wrapped = add_lora(model, rank=4, alpha=8)
+    assert wrapped == [f"blocks.{i}.{n}" for i in range(2) for n in
+                       ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_proj")]  # "c_proj": both
+    assert torch.equal(model(x)[0], before)
+    only_attn = add_lora(tiny(), 4, 8, targets=("attn.c_proj", "mlp.c_gate"))
+    assert only_attn == ["blocks.0.attn.c_proj", "blocks.0.mlp.c_gate", "blocks.1.attn.c_proj", "blocks.1.mlp.c_gate"]
+    with pytest.raises(ValueError, match=r"LoRA target 'c_pro' matches no linear layer; choose among attn.c_k, "
+                                         r"attn.c_proj, attn.c_q, attn.c_v, lm_head, mlp.c_fc, mlp.c_gate, mlp.c_proj"):
+        add_lora(tiny(), 4, 8, targets=("c_pro",))
+    with pytest.raises(ValueError, match="lm_head is tied to the token embedding"):
+        add_lora(tiny(), 4, 8, targets=("lm_head",))
+    assert add_lora(tiny(tie_embeddings=False), 4, 8, targets=("lm_head",)) == ["lm_head"]
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        add_lora(model, 4, 8)
+
+
+def test_merged_forward_equals_unmerged_and_unmerge_restores_the_base():
+    model, x = tiny(), batch()
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    add_lora(model, rank=4, alpha=16, targets=("c_q", "c_v", "c_proj", "c_fc", "c_gate"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.05)
+    unmerged, _ = model(x)
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in layers:
+        m.merge()
+    assert (model(x)[0] - unmerged).abs().max() < 1e-5
+    for m in layers:
+        m.unmerge()
+    assert (model(x)[0] - unmerged).abs().max() < 1e-5
+    restored = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+    assert all(torch.allclose(v, base_weights[k], atol=1e-6) for k, v in restored.items())
+    merged = merge_lora(model)  # plain nn.Linear again, same state-dict names as a fresh GPT
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert set(merged.state_dict()) == set(base_weights)
+    assert (merged(x)[0] - unmerged).abs().max() < 1e-5
+
+
+def test_only_adapter_parameters_get_gradients():
+    model, x = tiny(), batch()
+    n_base = model.num_params()
+    add_lora(model, rank=2, alpha=4, targets=("attn.c_q", "attn.c_v"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"blocks.{i}.attn.{c}.lora_{ab}" for i in range(2) for c in ("c_q", "c_v") for ab in "AB"}
+    n_adapter = 2 * 2 * ((32 + 32) + (32 + 16))  # layers x rank x (in + out) of c_q, and of c_v (one kv head)
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == n_adapter
+    assert model.num_params() == n_base + n_adapter
+    frozen = {n: p.clone() for n, p in model.named_parameters() if n not in trainable}
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    assert all((p.grad is not None) == (n in trainable) for n, p in model.named_parameters())
+    model.zero_grad()
+    train_adapters(model, 3, x)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_a_few_adapter_steps_reduce_the_loss():
+    model, x = tiny(), batch()
+    # An embedding at a trained model's scale: with the N(0, 0.02) init every logit is ~0 and a
+    # frozen head leaves the adapters almost nothing to move.
+    nn.init.normal_(model.wte.weight, std=0.3)
+    add_lora(model, rank=2, alpha=4)
+    losses = train_adapters(model, 15, x)
+    assert losses[-1] < losses[0] - 2.0, losses
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A saved base checkpoint and a trained adapter on it."""
+    tmp_path = tmp_path_factory.mktemp("adapter")
+    base = tiny()
+    ckpt_path = tmp_path / "base.pt"
+    save_checkpoint(ckpt_path, base, kind="base")
+    model, x = model_from_checkpoint(load_checkpoint(str(ckpt_path))), batch()
+    add_lora(model, rank=4, alpha=8, targets=("c_q", "c_k", "c_v", "c_proj"))
+    train_adapters(model, 5, x)
+    adapter_path = tmp_path / "adapter.pt"
+    save_adapter(adapter_path, model, ckpt_path, sha256_of(ckpt_path), 4, 8, ["c_q", "c_k", "c_v", "c_proj"],
+                 tokenizer="tok.json", tokenizer_sha256="ab" * 32, config={"lr": 1e-3})
+    return ckpt_path, adapter_path, model, x
+
+
+def test_adapter_file_round_trips_and_applies_like_the_trained_model(trained, tmp_path):
+    ckpt_path, adapter_path, model, x = trained
+    expected, _ = model(x)
+    adapter = torch.load(adapter_path, weights_only=True)
+    assert {k: adapter[k] for k in ("format", "version", "rank", "alpha", "targets", "base", "tokenizer")} == dict(
+        format="darija-gpt-lora", version=1, rank=4, alpha=8.0, targets=["c_q", "c_k", "c_v", "c_proj"],
+        base=str(ckpt_path), tokenizer="tok.json")
+    assert adapter["base_sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    assert set(adapter["lora"]) == set(lora_state_dict(model)) and len(adapter["lora"]) == 2 * 5 * 2
+    assert all(torch.equal(adapter["lora"][k], v) for k, v in lora_state_dict(model).items())
+    applied = apply_adapter(model_from_checkpoint(load_checkpoint(str(ckpt_path))), str(adapter_path),
+                            sha256_of(ckpt_path))
+    assert not any(isinstance(m, LoRALinear) for m in applied.modules())
+    assert (applied(x)[0] - expected).abs().max() < 1e-5
+    save_checkpoint(tmp_path / "merged.pt", applied, kind="lora_merged")  # a normal checkpoint again
+    reloaded = model_from_checkpoint(load_checkpoint(str(tmp_path / "merged.pt")))
+    assert torch.equal(reloaded(x)[0], applied(x)[0])
+
+
+def test_wrong_base_and_bad_files_are_clear_errors(trained, tmp_path):
+    ckpt_path, adapter_path, _, _ = trained
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, tiny(seed=1), kind="base")
+    sha = sha256_of(ckpt_path)
+    with pytest.raises(ValueError, match=rf"adapter {adapter_path} was trained on base {ckpt_path} \(sha "
+                                         rf"{sha[:12]}\), not on this checkpoint \(sha {sha256_of(other)[:12]}\)"):
+        apply_adapter(model_from_checkpoint(load_checkpoint(str(other))), str(adapter_path), sha256_of(other))
+    with pytest.raises(ValueError, match="it looks like a checkpoint"):
+        load_adapter(str(ckpt_path))
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="is not a readable adapter file"):
+        load_adapter(str(tmp_path / "junk.pt"))
+    wider = tmp_path / "wider.pt"
+    save_checkpoint(wider, tiny(n_embd=64), kind="base")
+    with pytest.raises(ValueError, match="has shape"):  # same sha passed on purpose: shapes still checked
+        apply_adapter(model_from_checkpoint(load_checkpoint(str(wider))), str(adapter_path), sha)
+
+
+# --- lora.py end to end -----------------------------------------------------------------------
+
+PAIRS = [dict(darija=f"jomla {i} dyal darija", darija_ar=f"جملة {i} ديال الدارجة", eng=f"sentence number {i}")
+         for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora")
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in PAIRS), "utf-8")
+    (d / "data/base").mkdir(parents=True)
+    tok = Tokenizer.train([json.dumps(r, ensure_ascii=False) for r in PAIRS], 256 + 5 + 60)
+    tok.save(d / "data/base/tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    save_checkpoint(d / "out/base/best.pt", model, kind="base", tokenizer="data/base/tokenizer.json",
+                    tokenizer_sha256=hashlib.sha256((d / "data/base/tokenizer.json").read_bytes()).hexdigest())
+    (d / "sft_test.py").write_text(
+        'sources = [dict(path="pairs.jsonl", kind="pairs", latin="darija", arabic="darija_ar", english="eng")]\n'
+        'val_fraction = 0.25\n', encoding="utf-8")
+    (d / "lora_test.py").write_text(
+        'init_from = "out/base"\nout_dir = "out/lora"\nsft_dataset = "t"\nsft_config = "sft_test.py"\n'
+        'compare_to = ""\nrank = 4\nalpha = 8.0\nbatch_size = 4\nblock_size = 48\neval_iters = 4\n'
+        'warmup_iters = 2\nlearning_rate = 2e-2\nmax_iters = 30\neval_interval = 15\nmetric_items = 3\n'
+        'max_new_tokens = 4\nsample_prompts = []\n', encoding="utf-8")
+    return d
+
+
+def run_lora(work, monkeypatch, *args):
+    """Run lora.py in-process in `work` (sft.py still runs as its own process); return its output."""
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["lora.py", "lora_test.py", *args])
+    out = io.StringIO()
+    with redirect_stdout(out):
+        runpy.run_path(str(ROOT / "lora.py"), run_name="__main__")
+    return out.getvalue()
+
+
+def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypatch):
+    log = run_lora(work, monkeypatch, "--merge")
+    assert "building it with" in log and (work / "data/sft/t/train.jsonl").is_file()  # made by sft.py
+    losses = [float(l.split("val loss ")[1].split()[0]) for l in log.splitlines() if l.startswith("step") and "val loss" in l]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
+    metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
+    assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 4 * (128 + 32)  # q k v attn.c_proj; mlp.c_proj (hidden 128)
+    merged = load_checkpoint(str(work / "out/lora"))
+    assert merged["kind"] == "lora_merged"
+    base_file = str(work / "out/base/best.pt")
+    applied = apply_adapter(model_from_checkpoint(load_checkpoint(base_file)), str(work / "out/lora/adapter.pt"),
+                            sha256_of(base_file))
+    x = torch.randint(0, 300, (2, 10))
+    assert torch.equal(model_from_checkpoint(merged)(x)[0], applied(x)[0])
+    with pytest.raises(SystemExit, match="adapter.pt already exists: add --force"):
+        run_lora(work, monkeypatch)
+
+
+def test_lora_py_errors_are_clear(work, monkeypatch):
+    with pytest.raises(SystemExit, match="no base checkpoint at out/none: pre-train one"):
+        run_lora(work, monkeypatch, "--init_from=out/none")
+    with pytest.raises(SystemExit, match="LoRA target 'qkv' matches no linear layer"):
+        run_lora(work, monkeypatch, "--targets=['qkv']", "--out_dir=out/lora2")
+    with pytest.raises(SystemExit, match="is missing and so is nope.py"):
+        run_lora(work, monkeypatch, "--sft_dataset=new", "--sft_config=nope.py")
