@@ -83,21 +83,20 @@ def learn_merges(chunk_counts, n_merges, verbose=False):
     """Learn `n_merges` merges from {chunk: count}. Returns a list of (a, b) id pairs.
 
     Each chunk becomes a str with one character per token: chr(id). A pair of tokens is
-    then a 2-character str, which hashes fast and sorts exactly like the pair (a, b)."""
+    then a 2-character str, which hashes fast and sorts exactly like the pair (a, b), and
+    str.replace does a BPE merge (left to right, non-overlapping) at C speed."""
     words = [w.encode("utf-8").decode("latin-1") for w in chunk_counts]  # chr(byte) per byte
     freqs = list(chunk_counts.values())
-    # Count every adjacent pair, weighted by how often its chunk occurs, and remember
-    # which chunks hold it: a merge will only look at those.
-    counts, where = defaultdict(int), defaultdict(list)
-    for i, (w, f) in enumerate(zip(words, freqs)):
-        pairs = list(map(add, w, w[1:]))  # "abc" -> ["ab", "bc"]
-        for p in pairs:
-            counts[p] += f
-        for p in set(pairs):
-            where[p].append(i)
+    # where[pair]: the chunks holding the pair, listed once per occurrence, so that the
+    # pair's count is the sum of their frequencies. A merge only visits these chunks.
+    where = defaultdict(list)
+    for i, w in enumerate(words):
+        for pair in map(add, w, w[1:]):  # "abc" -> "ab", "bc"
+            where[pair].append(i)
+    counts = {pair: sum(map(freqs.__getitem__, chunks)) for pair, chunks in where.items()}
     # Max-heap of (-count, pair). Counts only fall after a pair is born, so an entry may be
     # stale (too high): when popped, it is re-pushed with its true count (lazy deletion).
-    heap = [(-c, p) for p, c in counts.items()]
+    heap = [(-c, pair) for pair, c in counts.items()]
     heapq.heapify(heap)
     merges, start, last_report = [], time.time(), 0.0
     for step in range(n_merges):
@@ -124,40 +123,33 @@ def learn_merges(chunk_counts, n_merges, verbose=False):
 
 
 def merge_pair(pair, new, words, freqs, counts, where, heap):
-    """Replace `pair` by the token `new` in every chunk holding it, and update the pair
-    counts by what changed around each merge site: (x, a) becomes (x, new) on the left,
-    (b, y) becomes (new, y) on the right. Pairs with `new` are born here: they get their
-    index entry and heap entry once every chunk is done."""
+    """Replace `pair` (a, b) by the token `new` in every chunk holding it, then fix the
+    counts. Only pairs touching a merge site change, and each one is traded for a pair
+    with `new`: (x, a) for (x, new) on the left, (b, y) for (new, y) on the right, and
+    (b, a) for (new, new) between two sites side by side. So it is enough to list the
+    pairs with `new` (they are born here) and subtract their counts from what they replace."""
     a, b = pair
     del counts[pair]  # every occurrence disappears
-    born = defaultdict(list)  # new pair -> chunks holding it (a chunk may repeat: harmless)
+    born = defaultdict(list)  # pair with `new` -> chunks holding it, once per occurrence
     for i in where.pop(pair):
         w = words[i]
         if pair not in w:
-            continue  # a stale index entry: an earlier merge consumed this pair here
-        t = words[i] = w.replace(pair, new)  # left to right, non-overlapping, like BPE
-        f = freqs[i]
+            continue  # an earlier visit or merge already consumed the pair here
+        t = words[i] = w.replace(pair, new)
         k = t.find(new)
         while k >= 0:
             if k > 0:
-                x = t[k - 1]
-                lost = b + a if x == new else x + a  # side by side sites: (b, a) became (new, new)
-                if lost != pair:
-                    counts[lost] -= f
-                q = x + new
-                counts[q] = counts.get(q, 0) + f
-                born[q].append(i)
-            if k + 1 < len(t) and t[k + 1] != new:  # (an adjacent site is done by its left side)
-                lost = b + t[k + 1]
-                if lost != pair:
-                    counts[lost] -= f
-                q = new + t[k + 1]
-                counts[q] = counts.get(q, 0) + f
-                born[q].append(i)
+                born[t[k - 1] + new].append(i)
+            if k + 1 < len(t) and t[k + 1] != new:  # (new, new) is listed by its right side
+                born[new + t[k + 1]].append(i)
             k = t.find(new, k + 1)
     for q, chunks in born.items():
+        counts[q] = c = sum(map(freqs.__getitem__, chunks))
+        replaced = b + a if q == new + new else (q[0] + a if q[1] == new else b + q[1])
+        if replaced != pair:  # (with a == b, "aaa" -> (new, a): that (a, a) was `pair` itself)
+            counts[replaced] -= c
         where[q] = chunks
-        heapq.heappush(heap, (-counts[q], q))
+        heapq.heappush(heap, (-c, q))
 
 
 # -----------------------------------------------------------------------------

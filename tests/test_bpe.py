@@ -114,6 +114,12 @@ def test_too_few_pairs_for_the_vocab_size():
         Tokenizer.train(["ab"], 256 + 2, special_tokens=[])
 
 
+def test_trainer_equals_naive_reference_on_darija():
+    expected = naive_merges(CORPUS + TEXTS, 400, bpe.PATTERNS["darija"])
+    assert len(expected) == 400
+    assert Tokenizer.train(CORPUS + TEXTS, 256 + 400, special_tokens=[]).merges == expected
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(texts=st.lists(st.text(alphabet="ab7 \nصْب3éa", max_size=40), min_size=1, max_size=6),
        pattern=st.sampled_from(["darija", "gpt4", "gpt2"]))
