@@ -175,12 +175,11 @@ class Tokenizer:
         if ids and (ids[0] < len(self.vocab) or len(set(ids)) != len(ids)):
             raise ValueError("special token ids must be distinct and come after the merges")
         self._decoder = dict(enumerate(self.vocab)) | {i: s.encode() for s, i in self.special_tokens.items()}
-        self._special_regex = None
         self._cache = {}
 
     @property
     def vocab_size(self):
-        return 1 + max(len(self.vocab) - 1, *self.special_tokens.values())
+        return 1 + max([len(self.vocab) - 1, *self.special_tokens.values()])
 
     @property
     def eot_id(self):
@@ -236,17 +235,21 @@ class Tokenizer:
         special text (by default all that is not allowed) raises ValueError."""
         if allowed_special == "all":
             allowed_special = set(self.special_tokens)
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
         if disallowed_special == "all":
             disallowed_special = set(self.special_tokens) - set(allowed_special)
-        for token in disallowed_special:
-            if token in text:
-                raise ValueError(
-                    f"Encountered text corresponding to disallowed special token {token!r}.\n"
-                    f"If you want this text to be encoded as a special token, pass it to "
-                    f"`allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
-                    f"If you want this text to be encoded as normal text, disable the check for this "
-                    f"token by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
-                    f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
+        found = [token for token in disallowed_special if token in text]
+        if found:
+            token = min(found, key=text.index)  # the first one in the text, as tiktoken reports it
+            raise ValueError(
+                f"Encountered text corresponding to disallowed special token {token!r}.\n"
+                f"If you want this text to be encoded as a special token, pass it to "
+                f"`allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
+                f"If you want this text to be encoded as normal text, disable the check for this "
+                f"token by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
+                f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
         if not allowed_special:
             return self.encode_ordinary(text)
         # Cut the text at the allowed special tokens (longest first, so none hides another).

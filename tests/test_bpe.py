@@ -9,7 +9,7 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
+from conftest import SHARED  # (conftest also puts the project root on sys.path)
 import bpe
 from bpe import Tokenizer
 
@@ -93,7 +93,7 @@ def test_known_merges_and_tie_break():
 def test_no_merge_across_documents():
     # Glued together these would be "abababab...": (a, b) would win. Apart, only "ba" has a pair.
     tok = Tokenizer.train(["a", "b"] * 10 + ["ba"], 256 + 1, special_tokens=[])
-    assert tok.merges == [(98, 97)]
+    assert tok.merges == [(98, 97)] and tok.vocab_size == 257
 
 
 def test_vocab_size_counts_specials_once():
@@ -180,6 +180,17 @@ def test_ids_equal_tiktoken_on_random_unicode(official, text):
     assert ours.encode_ordinary(text) == enc.encode_ordinary(text)
 
 
+def test_ids_equal_tiktoken_on_shared_darija(official):
+    files = sorted((SHARED / "data" / "darija" / "pretrain").glob("*.jsonl"))
+    if not files:
+        pytest.skip("../shared/data is absent")
+    ours, enc = official
+    for path in files:  # the first 40 documents of each source: both scripts, emoji, news
+        with open(path, encoding="utf-8") as f:
+            docs = [json.loads(next(f))["text"] for _ in range(40)]
+        assert [ours.encode_ordinary(d) for d in docs] == enc.encode_ordinary_batch(docs), path.name
+
+
 # --- special tokens -------------------------------------------------------------
 
 def test_special_tokens_disallowed_by_default(tok):
@@ -187,6 +198,13 @@ def test_special_tokens_disallowed_by_default(tok):
         tok.encode("salam<|endoftext|>")
     with pytest.raises(ValueError, match="<\\|user\\|>"):
         tok.encode("<|user|>hi", allowed_special={"<|endoftext|>"})
+
+
+def test_special_token_errors(tok):
+    with pytest.raises(ValueError, match="(?s)disallowed special token '<\\|user\\|>'"):
+        tok.encode("a<|user|>b<|endoftext|>")  # the first one in the text is named
+    with pytest.raises(ValueError, match=r"allowed_special names tokens this tokenizer does not have: \['<\|im_start\|>'\]"):
+        tok.encode("a", allowed_special={"<|im_start|>"})
 
 
 def test_special_tokens_allowed(tok):
@@ -374,3 +392,18 @@ def test_cli_errors(tmp_path):
         bpe.main(["train", str(tmp_path), "--vocab-size", "10", "--out", str(tmp_path / "t.json")])
     with pytest.raises(SystemExit, match=r"expected a \.txt or \.jsonl file or a folder"):
         bpe.main(["train", str(tmp_path / "x.csv"), "--vocab-size", "300", "--out", str(tmp_path / "t.json")])
+
+
+@pytest.mark.slow
+def test_darija_pattern_compresses_better_than_gpt4_on_shared_data():
+    path = SHARED / "data" / "darija" / "pretrain" / "myc_comments.jsonl"  # both scripts, emoji
+    if not path.exists():
+        pytest.skip("../shared/data is absent")
+    docs = list(bpe.read_documents([path]))
+    train, held = docs[:15000], docs[15000:]
+    n_bytes = sum(len(d.encode("utf-8")) for d in held)
+    ratio = {}
+    for pattern in ("darija", "gpt4"):
+        enc = Tokenizer.train(train, 4096, pattern).to_tiktoken()
+        ratio[pattern] = n_bytes / sum(map(len, enc.encode_ordinary_batch(held)))
+    assert ratio["darija"] > ratio["gpt4"] > 3.0, ratio
