@@ -330,13 +330,17 @@ class Tokenizer:
 
     def save(self, path):
         """Write the tokenizer as JSON (temp file, then rename: never a half-written file)."""
-        data = {"format": FORMAT, "version": VERSION, "pattern": self.pattern,
-                "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
+        data = {"format": FORMAT, "version": VERSION, "pattern": self.pattern, "merges": [],
+                "special_tokens": self.special_tokens}
         if [v[0] for v in self.vocab[:256]] != list(range(256)):
             data["byte_order"] = [v[0] for v in self.vocab[:256]]  # tiktoken's ids, from from_tiktoken
+        # One merge per line, so the file reads (and diffs) well. Quotes inside JSON strings
+        # are escaped, so '"merges": []' can only be the key itself.
+        merges = ",\n".join(f"[{a}, {b}]" for a, b in self.merges)
+        text = json.dumps(data, ensure_ascii=False).replace('"merges": []', f'"merges": [\n{merges}\n]')
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False).replace("], [", "],\n["), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
     @classmethod
@@ -380,7 +384,7 @@ class Tokenizer:
             raise ValueError(f"{enc.name}: ranks are not 256 bytes followed by merges")
         merges = []
         for r, token in enumerate(by_rank[256:], start=256):
-            splits = [k for k in range(1, len(token)) if ranks.get(token[:k], r) < r > ranks.get(token[k:], r)]
+            splits = [k for k in range(1, len(token)) if ranks.get(token[:k], r) < r and ranks.get(token[k:], r) < r]
             if len(splits) != 1:  # several ways to cut it: let BPE say which one it reaches
                 splits = [len(bpe_parts(token, ranks, r)[0])]
             merges.append((ranks[token[:splits[0]]], ranks[token[splits[0]:]]))

@@ -259,6 +259,9 @@ def test_save_load_round_trip(tok, tmp_path):
     assert loaded.merges == tok.merges and loaded.special_tokens == tok.special_tokens
     assert loaded.encode(TEXTS[4]) == tok.encode(TEXTS[4])
     assert not list(tmp_path.glob("*.tmp"))
+    raw = Tokenizer.train(CORPUS, 300, pattern=r"[a], [b]|\w+|\s+|.")  # a pattern that looks like merges
+    raw.save(path)
+    assert Tokenizer.load(path).pattern == r"[a], [b]|\w+|\s+|." and Tokenizer.load(path).merges == raw.merges
 
 
 def test_save_load_tiktoken_byte_order(tmp_path):
