@@ -1,0 +1,376 @@
+"""
+chat.py: talk to your model in the terminal.
+
+    python chat.py --ckpt out/darija_sft                  # multi-turn chat
+    python chat.py                                        # the newest chat checkpoint under out/
+    python chat.py --ckpt out/darija_small --adapter out/darija_lora/adapter.pt
+    python chat.py --ckpt out/darija_sft --prompt "salam, kidayr?"   # one answer, then exit
+    echo "salam" | python chat.py --ckpt out/darija_sft   # piped stdin: one turn per line
+
+What happens, top to bottom, and why:
+1. The checkpoint (any kind: base, sft, lora_merged; or a base plus a LoRA --adapter) is loaded
+   with its tokenizer. The tokenizer file's sha256 must match the one recorded at training time:
+   another tokenizer would silently turn the model's ids into the wrong text.
+2. The conversation is a list of messages rendered with bpe.py's chat format, ending with
+   <|assistant|>. The whole context is passed to model.generate on every turn, with one KV cache
+   that lives for the whole session: generate keeps the common prefix of what the cache holds and
+   the new context, so only the new turn is prefilled (the course re-ran the whole history for
+   every single token). When the context would not leave room for an answer, the oldest turns are
+   dropped (the system prompt stays), with a notice; a single over-long input is truncated.
+3. Tokens are printed as they come through bpe.py's stream decoder, which holds back a UTF-8
+   character split across byte-level tokens until it is whole (no U+FFFD in Arabic answers).
+   An answer stops at <|end|> (or any special token), at --max_new_tokens, or on Ctrl-C.
+4. A base checkpoint has never seen the chat format: it gets plain completion mode (each line is
+   continued as text, no history), with a notice.
+5. Interaction: readline line editing and history, /help /reset /system /speed /exit, Ctrl-C stops
+   the answer (not the session), Ctrl-D exits. Answers go to stdout and notices to stderr, so
+   `--prompt` and piped stdin give clean output for scripts. Any unexpected error ends the session
+   with a message: it never loops on an exception.
+"""
+import argparse
+import glob
+import hashlib
+import os
+import sys
+import time
+
+import torch
+
+from bpe import Tokenizer
+from model import ContextFullError, load_checkpoint, model_from_checkpoint
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CHAT_KINDS = ("sft", "lora_merged")
+HELP = """commands:
+  /help         this help
+  /reset        forget the conversation (the system prompt stays)
+  /system TEXT  set the system prompt (/system alone removes it)
+  /speed        show or hide tokens/s after each answer
+  /exit         leave (Ctrl-D too)
+Ctrl-C stops the current answer; the session goes on."""
+
+
+def fail(msg):
+    """One clear line and exit status 1: no traceback for a user's mistake."""
+    raise SystemExit(f"chat.py: {msg}")
+
+
+def note(msg):
+    """Notices go to stderr so that stdout holds only the answers."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Chat with a darija-gpt checkpoint in the terminal.")
+    p.add_argument("--ckpt", default="", help="checkpoint file or out/NAME folder (default: the newest "
+                   "chat checkpoint under out/)")
+    p.add_argument("--adapter", default="", help="a LoRA adapter.pt applied to --ckpt (its base)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=50, help="0 = off")
+    p.add_argument("--top_p", type=float, default=0.95, help="1 = off")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    p.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
+    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("--prompt", default=None, help="answer this one message and exit")
+    p.add_argument("--show_speed", action="store_true", help="tokens/s and time to first token")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    args = p.parse_args(argv)
+    if args.temperature < 0 or args.max_new_tokens < 1 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        p.error("need --temperature >= 0, --max_new_tokens >= 1, --top_k >= 0 and 0 < --top_p <= 1")
+    return args
+
+
+# --- 1. the checkpoint and its tokenizer ----------------------------------------------------------
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def peek_kind(path):
+    """A checkpoint's kind without reading its weights (mmap), or None when it is not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return ckpt.get("kind") if isinstance(ckpt, dict) and "model" in ckpt else None
+    except Exception:
+        return None
+
+
+def describe_out():
+    """What is under out/, for error messages: 'out/a/ (best.pt, last.pt), out/b/ (adapter.pt)'."""
+    dirs = sorted(d for d in glob.glob(os.path.join("out", "*")) if os.path.isdir(d))
+    found = [f"{d}/ ({', '.join(sorted(os.path.basename(f) for f in glob.glob(os.path.join(d, '*.pt'))))})"
+             for d in dirs if glob.glob(os.path.join(d, "*.pt"))]
+    if not found:
+        return "out/ holds no checkpoint yet: train one first (python pretrain.py config/darija_small.py, " \
+               "then python sft.py config/sft_darija.py)"
+    return "out/ holds: " + ", ".join(found)
+
+
+def pick_checkpoint():
+    """The newest chat checkpoint under out/ (sft or lora_merged; last.pt only where there is no
+    best.pt), else the newest base one: -> (path, kind)."""
+    paths = []
+    for d in glob.glob(os.path.join("out", "*")):
+        pts = [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) != "last.pt"]
+        paths += pts or glob.glob(os.path.join(d, "last.pt"))
+    found = [(os.path.getmtime(p), p, kind) for p in paths if (kind := peek_kind(p)) in ("base", *CHAT_KINDS)]
+    if not found:
+        fail(f"no --ckpt given and no checkpoint found. {describe_out()}")
+    chat = [f for f in found if f[2] in CHAT_KINDS]
+    _, path, kind = max(chat or found)
+    note(f"no --ckpt given: using {path} ({kind}, the newest "
+         f"{'chat' if chat else 'base (no chat checkpoint yet)'} checkpoint under out/)")
+    return path, kind
+
+
+def load(args):
+    """-> (model, tokenizer, chat_mode, path) with every way the files can be wrong caught."""
+    if args.ckpt:
+        path = os.path.join(args.ckpt, "best.pt") if os.path.isdir(args.ckpt) else args.ckpt
+        if not os.path.isfile(path):
+            fail(f"no checkpoint at {path}. {describe_out()}")
+    else:
+        path, _ = pick_checkpoint()
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        ckpt = load_checkpoint(path, map_location=device)
+        model = model_from_checkpoint(ckpt)
+    except (ValueError, RuntimeError) as e:
+        fail(f"cannot load {path}: {str(e).splitlines()[0]}")
+    tok_path = ckpt.get("tokenizer")
+    if not tok_path:
+        fail(f"{path} does not name its tokenizer file (saved without tokenizer=...): re-save it with one")
+    if not os.path.isfile(tok_path) and os.path.isfile(os.path.join(ROOT, tok_path)):
+        tok_path = os.path.join(ROOT, tok_path)  # a path relative to the project root, run from elsewhere
+    if not os.path.isfile(tok_path):
+        fail(f"{path} was trained with the tokenizer {tok_path}, which does not exist: run chat.py from "
+             f"the project root, or rebuild the data (python prepare.py config/NAME.py)")
+    if ckpt.get("tokenizer_sha256") and sha256_file(tok_path) != ckpt["tokenizer_sha256"]:
+        fail(f"{tok_path} has changed since {path} was trained (its sha256 differs from the one in the "
+             f"checkpoint): the model's token ids would decode to the wrong text; restore that tokenizer "
+             f"file or train again")
+    try:
+        tok = Tokenizer.load(tok_path)
+    except ValueError as e:
+        fail(str(e))
+    if tok.vocab_size > model.config.vocab_size:
+        fail(f"{tok_path} has {tok.vocab_size} tokens but the model of {path} only {model.config.vocab_size}: "
+             f"they do not belong together")
+    chat_mode = ckpt["kind"] in CHAT_KINDS
+    if args.adapter:
+        from model import apply_adapter  # lora.py's adapters (model.py); only needed here
+        if not os.path.isfile(args.adapter):
+            fail(f"no adapter at {args.adapter}. {describe_out()}")
+        try:
+            apply_adapter(model, args.adapter, sha256_file(path))
+        except ValueError as e:
+            fail(str(e))
+        chat_mode = True  # adapters are trained on the chat format
+    if chat_mode and not all(f"<|{r}|>" in tok.special_tokens for r in ("system", "user", "assistant", "end")):
+        fail(f"{tok_path} has no chat tokens, so {path} cannot chat: rebuild the tokenizer with bpe.py's defaults")
+    model.eval()
+    return model, tok, chat_mode, path
+
+
+# --- 2. fitting the conversation into the context -------------------------------------------------
+
+def truncate_tokens(tok, text, limit):
+    """The longest prefix of text that encodes to at most `limit` tokens (whole characters only)."""
+    ids = tok.encode_ordinary(text)
+    if len(ids) <= limit:
+        return text, len(ids)
+    text = tok.decode_bytes(ids[:limit]).decode("utf-8", errors="ignore")
+    while text and len(tok.encode_ordinary(text)) > limit:  # re-encoding a cut text may add a token
+        text = text[:-1]
+    note(f"[input too long: kept its first {limit} of {len(ids)} tokens]")
+    return text, len(ids)
+
+
+class Session:
+    """The conversation, the KV cache that lives across turns, and the settings of generation."""
+
+    def __init__(self, model, tok, chat_mode, args):
+        self.model, self.tok, self.chat_mode, self.args = model, tok, chat_mode, args
+        self.block_size = model.config.block_size
+        # room kept for the answer: the context never takes more than half of the window from it
+        self.reserve = min(args.max_new_tokens, self.block_size // 2)
+        self.cache = model.new_cache()
+        self.system = ""
+        self.messages = []
+        self.show_speed = args.show_speed
+        self.stop_ids = set(tok.special_tokens.values())  # <|end|>, <|endoftext|>, or a new turn
+        self.set_system(args.system)
+
+    def set_system(self, text):
+        if text and self.chat_mode:
+            n = len(self.tok.encode_ordinary(text))
+            if n + 16 + self.reserve > self.block_size:  # 16: the framing and a short question
+                raise ValueError(f"the system prompt takes {n} tokens: too long for a context of "
+                                 f"{self.block_size} with {self.reserve} kept for the answer; shorten it")
+        self.system = text
+        self.messages = [m for m in self.messages if m["role"] != "system"]
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+    def reset(self):
+        self.messages = self.messages[:1] if self.system else []
+        self.cache.reset()
+
+    def input_limit(self):
+        """Most tokens one message may have: the context minus the answer's room and the framing."""
+        if not self.chat_mode:
+            return self.block_size - self.reserve - 1  # after <|endoftext|>
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        framing = len(self.tok.render_for_completion(head + [{"role": "user", "content": "x"}])) - 1
+        return self.block_size - self.reserve - framing
+
+    def context(self, text):
+        """The token ids to continue for this input; drops the oldest turns when they do not fit."""
+        text, _ = truncate_tokens(self.tok, text, self.input_limit())
+        if not self.chat_mode:  # completion: the line alone, as the start of a document
+            return [self.tok.eot_id] + self.tok.encode_ordinary(text)
+        self.messages.append({"role": "user", "content": text})
+        ids = self.tok.render_for_completion(self.messages)
+        first, dropped = (1 if self.system else 0), 0
+        while len(ids) + self.reserve > self.block_size and len(self.messages) - first > 1:
+            del self.messages[first:first + 2]  # the oldest user turn and its answer
+            dropped += 1
+            ids = self.tok.render_for_completion(self.messages)
+        if dropped:
+            note(f"[context full: forgot the oldest {dropped} exchange{'s' * (dropped > 1)} "
+                 f"({self.block_size} tokens fit)]")
+        return ids
+
+    # --- 3. one streamed answer ---------------------------------------------------------------------
+
+    def answer(self, text, out=None):
+        """Generate, stream (to out, default stdout) and remember the answer to `text`; return its text."""
+        out = out or sys.stdout
+        ids = self.context(text)
+        cached = 0
+        while cached < min(len(ids) - 1, len(self.cache.tokens)) and self.cache.tokens[cached] == ids[cached]:
+            cached += 1  # what generate will keep from the cache: only the rest is prefilled
+        a = self.args
+        decoder, tokens, why = self.tok.stream_decoder(), [], ""
+        t0 = t_first = time.perf_counter()
+        try:
+            for t in self.model.generate(ids, min(a.max_new_tokens, self.block_size - len(ids)), a.temperature,
+                                         a.top_k or None, a.top_p, self.stop_ids, self.cache):
+                if t_first == t0:
+                    t_first = time.perf_counter()  # time to first token: the prefill
+                if t in self.stop_ids:
+                    break
+                tokens.append(t)
+                out.write(decoder.feed(t))
+                out.flush()
+            else:
+                why = "[answer cut: context full]" if len(ids) + len(tokens) >= self.block_size else ""
+        except KeyboardInterrupt:
+            why = "[stopped]"
+        elapsed = time.perf_counter() - t0
+        out.write(decoder.flush() + "\n")
+        out.flush()
+        if why:
+            note(why)
+        if self.show_speed:
+            rate = (len(tokens) - 1) / max(elapsed - (t_first - t0), 1e-9) if len(tokens) > 1 else 0.0
+            note(f"[{len(tokens)} tokens, {rate:.1f} tokens/s, first token after {(t_first - t0) * 1000:.0f} ms; "
+                 f"prompt {len(ids)} tokens, {len(ids) - cached} prefilled, {cached} from the cache]")
+        reply = self.tok.decode(tokens)
+        if self.chat_mode:
+            if reply:
+                self.messages.append({"role": "assistant", "content": reply})
+            else:  # an empty message cannot be rendered: forget the unanswered turn
+                self.messages.pop()
+        return reply
+
+
+# --- 4. the loop ------------------------------------------------------------------------------------
+
+def command(session, line):
+    """Run a /command; return False when the session should end."""
+    name, _, rest = line.partition(" ")
+    if name in ("/exit", "/quit"):
+        return False
+    if name == "/help":
+        note(HELP)
+    elif name == "/reset":
+        session.reset()
+        note("[new conversation]")
+    elif name == "/system":
+        try:
+            session.set_system(rest.strip())
+            note(f"[system prompt set: {rest.strip()}]" if rest.strip() else "[system prompt removed]")
+        except ValueError as e:
+            note(f"[{e}]")
+    elif name == "/speed":
+        session.show_speed = not session.show_speed
+        note(f"[speed {'shown' if session.show_speed else 'hidden'}]")
+    else:
+        note(f"[unknown command {name}: /help lists them]")
+    return True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model, tok, chat_mode, path = load(args)
+    try:
+        session = Session(model, tok, chat_mode, args)
+    except ValueError as e:
+        fail(str(e))
+    if not chat_mode:
+        note(f"{path} is a base model (not instruction-tuned): completion mode, each line is continued "
+             f"as text, with no memory of earlier lines. Fine-tune it with sft.py or lora.py to chat.")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            fail("--prompt is empty")
+        session.answer(args.prompt)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input(); absent on some systems)
+        except ImportError:
+            pass
+        note(f"darija-gpt chat: {path} ({model.num_params() / 1e6:.1f}M parameters, context "
+             f"{session.block_size} tokens). /help for commands, Ctrl-C stops an answer, Ctrl-D exits.")
+    while True:
+        try:
+            line = input("> " if interactive else "").strip()
+        except EOFError:
+            if interactive:
+                print()
+            return
+        except KeyboardInterrupt:
+            if not interactive:
+                raise SystemExit(130)
+            print("\n(Ctrl-D or /exit to leave)", file=sys.stderr)
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not command(session, line):
+                return
+            continue
+        session.answer(line)
+
+
+if __name__ == "__main__":
+    for stream in (sys.stdin, sys.stdout, sys.stderr):  # UTF-8 both ways, whatever the locale
+        stream.reconfigure(encoding="utf-8", errors="replace")
+    try:
+        main()
+    except ContextFullError as e:  # guarded against above; a clear line if it happens anyway
+        fail(str(e))
+    except KeyboardInterrupt:  # Ctrl-C while loading
+        raise SystemExit(130)
+    except Exception as e:  # never a loop on an exception: say what happened and stop
+        fail(f"unexpected error, stopping: {type(e).__name__}: {e}")

@@ -1,0 +1,291 @@
+"""chat.py, driven the way a user drives it: a subprocess under a pseudo-terminal (streamed answer,
+/help, /reset, the KV cache reused across turns, Ctrl-C during an answer and at the prompt, Ctrl-D),
+with piped stdin (several turns, empty lines, history dropped when the context fills, an over-long
+line), --prompt, and every bad-input message. The checkpoints are made here: a tiny tokenizer and a
+tiny GPT trained in a few seconds to answer every message with ANSWER (Arabic script included, so
+byte-level tokens split characters), so nothing depends on the other stages."""
+import fcntl
+import hashlib
+import io
+import os
+import pty
+import random
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+import torch
+
+from bpe import Tokenizer
+from conftest import ROOT
+from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+ANSWER = "mar7ba bik! مرحبا بيك"
+WORDS = "salam kidayr labas 3afak sba7 lkhir wach nta mzyan chno smitek fin ghadi bghit m3ak شكرا سلام واش".split()
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TERM="dumb")  # one thread: tiny models, busy machine
+
+
+def conversation(rng):
+    msgs = []
+    for _ in range(rng.randint(1, 3)):
+        msgs += [{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(1, 8)))},
+                 {"role": "assistant", "content": ANSWER}]
+    return msgs
+
+
+def train_tiny(tok, steps=60, block_size=128):
+    """A 1-layer GPT that learns to answer ANSWER to anything (greedy), in about 5 s on one core."""
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_kv_head=2,
+                          n_embd=64, tie_embeddings=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(steps):
+        xs, ys = [], []
+        for _ in range(8):
+            ids, mask = (v[:block_size + 1] for v in tok.render_conversation(conversation(rng)))
+            pad = block_size + 1 - len(ids)
+            xs.append(ids[:-1] + [0] * pad)
+            ys.append([t if m else -1 for t, m in zip(ids[1:], mask[1:])] + [-1] * pad)
+        _, loss = model(torch.tensor(xs), torch.tensor(ys))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """out/chat (sft), out/base (base, same weights), out/endless (sft, never ends an answer)."""
+    d = tmp_path_factory.mktemp("chat")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = Tokenizer.train([" ".join(WORDS), ANSWER] * 5, 256 + 5 + 30)
+        tok_path = d / "tokenizer.json"
+        tok.save(tok_path)
+        sha = hashlib.sha256(tok_path.read_bytes()).hexdigest()
+        model = train_tiny(tok)
+        save = lambda name, m, kind: save_checkpoint(d / "out" / name / "best.pt", m, kind=kind,  # noqa: E731
+                                                     tokenizer=str(tok_path), tokenizer_sha256=sha)
+        save("base", model, "base")
+        save("chat", model, "sft")
+        # The same weights with a long context and zero logits for every special token: greedy
+        # decoding then never picks one (some ordinary token always scores above 0), so the answer
+        # runs for thousands of tokens: time enough to press Ctrl-C.
+        endless = GPT(GPTConfig(**{**vars(model.config), "block_size": 6000}))
+        endless.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            endless.lm_head.weight[sorted(tok.special_tokens.values())] = 0
+        save("endless", endless, "sft")
+    finally:
+        torch.set_num_threads(threads)
+    return d
+
+
+def run(work, *args, stdin=""):
+    return subprocess.run([sys.executable, str(ROOT / "chat.py"), *args], input=stdin, capture_output=True,
+                          text=True, encoding="utf-8", cwd=work, env=ENV, timeout=120)
+
+
+class Terminal:
+    """chat.py on a pseudo-terminal that is its controlling terminal, so \\x03 is a real Ctrl-C."""
+
+    def __init__(self, work, *args):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+
+        def own_terminal():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "chat.py"), *args], stdin=slave, stdout=slave,
+                                     stderr=slave, cwd=work, env=ENV, preexec_fn=own_terminal)
+        os.close(slave)
+        self.fd, self.raw, self.pos = master, b"", 0
+
+    @property
+    def text(self):
+        """Everything shown so far, without terminal escapes and with \\n line ends."""
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]", "", self.raw.decode("utf-8", "replace"))
+        return text.replace("\r\n", "\n").replace("\r", "")
+
+    def read(self, timeout):
+        if select.select([self.fd], [], [], timeout)[0]:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            if not data:
+                raise AssertionError(f"chat.py ended; it showed:\n{self.text}")
+            self.raw += data
+
+    def expect(self, wanted, timeout=60):
+        """Wait until `wanted` appears after the previous match; return what came before it."""
+        deadline = time.time() + timeout
+        while wanted not in self.text[self.pos:]:
+            if time.time() > deadline:
+                raise AssertionError(f"no {wanted!r} within {timeout} s; chat.py showed:\n{self.text}")
+            self.read(0.2)
+        i = self.text.index(wanted, self.pos)
+        before, self.pos = self.text[self.pos:i], i + len(wanted)
+        return before
+
+    def send(self, keys):
+        os.write(self.fd, keys.encode())
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.fd)
+
+
+def test_terminal_session_streams_reuses_the_cache_and_resets(work):
+    tok = Tokenizer.load(work / "tokenizer.json")
+    t = Terminal(work, "--ckpt", "out/chat", "--temperature", "0", "--show_speed")
+
+    def ask(line):
+        """Type a line at the prompt; return the streamed answer and the speed line after it."""
+        t.expect("> ")
+        t.send(line + "\r")
+        t.expect(line + "\n")
+        return t.expect("\n["), t.expect("]")
+
+    try:
+        t.expect("/help for commands")
+        answer, speed = ask("salam kidayr")
+        assert answer == ANSWER  # whole Arabic characters, no U+FFFD
+        ids1 = tok.render_for_completion([{"role": "user", "content": "salam kidayr"}])
+        assert f"prompt {len(ids1)} tokens, {len(ids1)} prefilled, 0 from the cache" in speed
+        answer, speed = ask("wach nta mzyan")
+        assert answer == ANSWER
+        ids2 = tok.render_for_completion([{"role": "user", "content": "salam kidayr"},
+                                          {"role": "assistant", "content": ANSWER},
+                                          {"role": "user", "content": "wach nta mzyan"}])
+        cached = len(ids1) + len(tok.encode_ordinary(ANSWER))  # the first turn and its answer
+        # only the new turn is prefilled: <|end|> <|user|> wach nta mzyan <|end|> <|assistant|>
+        assert f"prompt {len(ids2)} tokens, {len(ids2) - cached} prefilled, {cached} from the cache" in speed
+        assert len(ids2) - cached == len(tok.encode_ordinary("wach nta mzyan")) + 4
+        for line, shows in [("/help", "/reset        forget the conversation"), ("/reset", "[new conversation]"),
+                            ("", None), ("   ", None), ("/nope", "[unknown command /nope: /help lists them]")]:
+            t.expect("> ")
+            t.send(line + "\r")
+            if shows:  # an empty line shows nothing but the next prompt
+                t.expect(shows)
+        answer, speed = ask("salam kidayr")
+        assert answer == ANSWER
+        assert f"{len(ids1)} prefilled, 0 from the cache" in speed  # /reset emptied the cache
+        t.expect("> ")
+        t.send("\x04")  # Ctrl-D at the prompt
+        assert t.proc.wait(timeout=30) == 0
+        assert "\ufffd" not in t.text
+        assert t.text.count(ANSWER) == 3  # nothing for the empty lines
+    finally:
+        t.close()
+
+
+def test_ctrl_c_stops_the_answer_not_the_session(work):
+    t = Terminal(work, "--ckpt", "out/endless", "--temperature", "0", "--max_new_tokens", "5900")
+    try:
+        t.expect("> ")
+        t.send("\x03")  # at the prompt: a hint, the session goes on
+        t.expect("(Ctrl-D or /exit to leave)")
+        t.expect("> ")
+        t.send("salam\r")
+        t.expect("salam\n")
+        t0 = time.time()
+        while len(t.text) - t.pos < 40:  # the answer is streaming
+            t.read(0.1)
+            assert time.time() - t0 < 60, t.text
+        t.send("\x03")
+        t.expect("[stopped]")  # only a KeyboardInterrupt prints this; the answer had ~5,900 tokens to go
+        t.send("/help\r")
+        t.expect("Ctrl-C stops the current answer")
+        t.send("/exit\r")
+        assert t.proc.wait(timeout=30) == 0
+    finally:
+        t.close()
+
+
+def test_piped_stdin_drops_old_turns_and_truncates_long_input(work):
+    lines = ["salam kidayr labas 3afak", "", "sba7 lkhir wach nta mzyan", "chno smitek fin ghadi",
+             "bghit m3ak شكرا سلام", "   ", "labas 3afak wach", " ".join(["salam"] * 300)]
+    r = run(work, "--ckpt", "out/chat", "--temperature", "0", "--max_new_tokens", "32",
+            stdin="\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (ANSWER + "\n") * 6  # one answer per non-empty line, nothing else on stdout
+    assert "[context full: forgot the oldest" in r.stderr
+    # 128 tokens of context - 32 kept for the answer - 4 for <|endoftext|><|user|> ... <|end|><|assistant|>
+    assert "[input too long: kept its first 92 of 900 tokens]" in r.stderr
+
+
+def test_prompt_answers_once_with_nothing_else_on_stdout(work):
+    r = run(work, "--ckpt", "out/chat/best.pt", "--prompt", "salam", "--temperature", "0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, ANSWER + "\n", "")
+
+
+def test_stream_writes_whole_characters_as_they_come(work):
+    import chat
+    args = chat.parse_args(["--temperature", "0"])
+    model = model_from_checkpoint(load_checkpoint(work / "out" / "chat"))
+    tok = Tokenizer.load(work / "tokenizer.json")
+    session = chat.Session(model, tok, True, args)
+    writes = []
+    out = io.StringIO()
+    out.write = writes.append
+    assert session.answer("salam", out=out) == ANSWER
+    pieces = [w for w in writes if w]
+    assert "".join(pieces) == ANSWER + "\n"
+    assert len(pieces) > 5 and all("\ufffd" not in p for p in pieces)
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+
+
+def chat_main(monkeypatch, work, *argv):
+    """chat.main in-process (fast) in `work`: -> its SystemExit message, or None."""
+    import chat
+    monkeypatch.chdir(work)
+    try:
+        chat.main(list(argv))
+    except SystemExit as e:
+        return str(e)
+
+
+def test_picks_the_newest_chat_checkpoint_and_says_which(work, monkeypatch, capsys):
+    now = time.time()
+    for i, name in enumerate(["chat", "endless", "base"]):  # base newest, but it cannot chat
+        os.utime(work / "out" / name / "best.pt", (now + i, now + i))
+    assert chat_main(monkeypatch, work, "--prompt", "salam", "--max_new_tokens", "3") is None
+    assert "no --ckpt given: using out/endless/best.pt (sft, the newest chat checkpoint under out/)" \
+        in capsys.readouterr().err
+
+
+def test_base_checkpoint_gets_completion_mode(work, monkeypatch, capsys):
+    assert chat_main(monkeypatch, work, "--ckpt", "out/base", "--prompt", "salam", "--max_new_tokens", "4") is None
+    assert "out/base/best.pt is a base model (not instruction-tuned): completion mode" in capsys.readouterr().err
+
+
+def test_bad_checkpoints_give_clear_messages(work, monkeypatch, tmp_path):
+    msg = chat_main(monkeypatch, work, "--ckpt", "out/nope")
+    assert msg == ("chat.py: no checkpoint at out/nope. out/ holds: out/base/ (best.pt), "
+                   "out/chat/ (best.pt), out/endless/ (best.pt)")
+    assert chat_main(monkeypatch, tmp_path).startswith("chat.py: no --ckpt given and no checkpoint found. "
+                                                       "out/ holds no checkpoint yet: train one first")
+    ckpt = load_checkpoint(work / "out" / "chat")
+    model = model_from_checkpoint(ckpt)
+    save_checkpoint(tmp_path / "gone.pt", model, kind="sft", tokenizer=str(tmp_path / "gone.json"))
+    assert chat_main(monkeypatch, tmp_path, "--ckpt", "gone.pt") == (
+        f"chat.py: gone.pt was trained with the tokenizer {tmp_path / 'gone.json'}, which does not exist: "
+        f"run chat.py from the project root, or rebuild the data (python prepare.py config/NAME.py)")
+    save_checkpoint(tmp_path / "other.pt", model, kind="sft", tokenizer=ckpt["tokenizer"], tokenizer_sha256="0" * 64)
+    assert chat_main(monkeypatch, tmp_path, "--ckpt", "other.pt").startswith(
+        f"chat.py: {ckpt['tokenizer']} has changed since other.pt was trained (its sha256 differs")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert chat_main(monkeypatch, tmp_path, "--ckpt", "junk.pt").startswith(
+        "chat.py: cannot load junk.pt: junk.pt is not a readable checkpoint")
+    assert chat_main(monkeypatch, work, "--ckpt", "out/chat", "--prompt", "  ") == "chat.py: --prompt is empty"
