@@ -73,7 +73,7 @@ pattern = "darija"              # the pre-tokenizer split pattern (see bpe.py)
 tokenizer = ""                  # an existing tokenizer.json to reuse ("" = train one here)
 tokenizer_train_bytes = 10_000_000  # size of the random sample of training text it learns from
 num_threads = 0                 # encoding threads (0 = all cores)
-force = False                   # rebuild data/NAME/ even though it was built with other settings
+force = False                   # rebuild data/NAME/ even when it exists (built with other settings)
 
 from configurator import configure, setting_names  # noqa: E402
 configure(globals(), also_from=("pretrain.py",))
@@ -417,27 +417,27 @@ def collect(planned, work):
 # ----------------------------------------------------------------------------------------------
 # 4. Split by document, 5. the tokenizer, 6. encoding
 
-def uniform(hashes, salt):
-    """A seeded number in [0, 1) per document, from its hash (splitmix64 finaliser)."""
+def below(hashes, salt, fraction):
+    """True for a seeded random `fraction` of the documents, decided by each one's hash: the
+    splitmix64 finaliser of (hash ^ seed), in place, so 8 bytes per document of scratch."""
     x = hashes ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2**64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return ((x ^ (x >> np.uint64(31))) >> np.uint64(11)) / float(2**53)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x ^= x >> np.uint64(shift)
+        x *= np.uint64(mult)  # wraps around modulo 2**64, as intended
+    x ^= x >> np.uint64(31)
+    return x < np.uint64(min(fraction, 1.0) * float(2**64 - 2**11))
 
 
 def docs_from(work, lengths, wanted, batch_bytes=1 << 22):
     """Yield (indices, texts) of the wanted documents, reading docs.txt in batches of ~4 MB."""
-    ends = np.cumsum(lengths, dtype=np.int64)
-    starts = ends - lengths
     with open(os.path.join(work, "docs.txt"), "rb") as f:
         i = 0
         while i < len(lengths):
-            j = max(i + 1, int(np.searchsorted(ends, starts[i] + batch_bytes)))
-            data = f.read(int(ends[j - 1] - starts[i]))
-            idx = i + np.flatnonzero(wanted[i:j])
-            offsets = (starts[idx] - starts[i]).tolist()
-            yield idx, [data[a:a + n].decode("utf-8") for a, n in zip(offsets, lengths[idx].tolist())]
+            ends = np.cumsum(lengths[i:i + 65536], dtype=np.int64)  # a window: no per-corpus array
+            j = i + max(1, int(np.searchsorted(ends, batch_bytes, side="right")))
+            data, ends = f.read(int(ends[j - i - 1])), ends[:j - i].tolist()
+            yield (i + np.flatnonzero(wanted[i:j]), [data[a:b].decode("utf-8") for a, b, w in
+                                                     zip([0] + ends[:-1], ends, wanted[i:j]) if w])
             i = j
 
 
@@ -448,8 +448,7 @@ def get_tokenizer(work, lengths, hashes, train):
             fail(f"tokenizer file not found: {tokenizer}")
         tok = Tokenizer.load(tokenizer)
     else:
-        share = tokenizer_train_bytes / max(1, int(lengths[train].sum()))
-        pick = train & (uniform(hashes, 1) < share)
+        pick = train & below(hashes, 1, tokenizer_train_bytes / max(1, int(lengths[train].sum())))
         texts = [t for _, batch in docs_from(work, lengths, pick) for t in batch]
         print(f"training the tokenizer (vocab {vocab_size:,}) on a sample of {len(texts):,} training "
               f"documents ({int(lengths[pick].sum()) / 1e6:.1f} MB)", flush=True)
@@ -497,7 +496,7 @@ def encode(work, lengths, keep, val, tok):
 
 def up_to_date(out, settings):
     """True when data/NAME was built with these settings; refuse (without --force) if not."""
-    if not os.path.exists(out):
+    if not os.path.exists(out) or force:
         return False
     try:
         with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
@@ -506,14 +505,13 @@ def up_to_date(out, settings):
                    if meta["settings"].get(k) != v]
     except (OSError, ValueError, KeyError):
         changed = ["no readable meta.json"]
-    if not changed:
-        print(f"{out} is up to date (built with the same settings): nothing to do" + (
-            "; it holds the small sample corpus (the hub was unreachable): run again with --force "
-            "when online" if meta.get("fallback_used") else ""))
-    elif not force:
+    if changed:
         fail(f"{out} exists and was built differently ({'; '.join(changed)}); run again with "
              "--force to rebuild it, or choose another --dataset")
-    return not changed
+    print(f"{out} is up to date (built with the same settings): nothing to do" + (
+        "; it holds the small sample corpus (the hub was unreachable): run again with --force "
+        "when online" if meta.get("fallback_used") else ""))
+    return True
 
 
 def main():
@@ -540,7 +538,7 @@ def main():
         seconds = {"list": time.time() - t}
         lengths, hashes, keep, stats, report, secs = collect(planned, work)
         seconds.update(secs)  # read (and download), clean (and count scripts), dedup
-        val = uniform(hashes, 0) < val_fraction
+        val = below(hashes, 0, val_fraction)
         if keep.sum() < 2:
             fail("only one document is left after cleaning; need at least 2 (one for val)")
         if not (keep & val).any() or not (keep & ~val).any():  # a tiny corpus: one val document

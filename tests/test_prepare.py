@@ -84,11 +84,12 @@ def test_cleaning_steps_switch_off(P, monkeypatch):
 
 def test_split_hash_is_seeded_uniform_and_stable(P, monkeypatch):
     h = np.arange(1, 100_001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    u = P.uniform(h, 0)
-    assert 0 <= u.min() and u.max() < 1 and abs((u < 0.1).mean() - 0.1) < 0.005
-    assert np.array_equal(u, P.uniform(h, 0)) and not np.array_equal(u, P.uniform(h, 1))
+    v = P.below(h, 0, 0.1)
+    assert abs(v.mean() - 0.1) < 0.005 and P.below(h, 0, 1.0).all() and not P.below(h, 0, 0.0).any()
+    assert np.array_equal(v, P.below(h, 0, 0.1)) and not np.array_equal(v, P.below(h, 1, 0.1))
+    assert (P.below(h, 0, 0.05) <= v).all()  # a smaller fraction picks a subset
     monkeypatch.setattr(P, "seed", 7)
-    assert (u < 0.1).sum() != (P.uniform(h, 0) < 0.1).sum()
+    assert not np.array_equal(v, P.below(h, 0, 0.1))
 
 
 # --- the whole stage on local files --------------------------------------------------------------
