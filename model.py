@@ -91,14 +91,15 @@ class ContextFullError(ValueError):
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),))
+    # RMSNorm written out with x * x: F.rms_norm and x.pow(2) take a slow generic-power backward on CPU.
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
 
 
-def apply_rotary(x, cos, sin):
-    # x: (B, H, T, D). Rotate pairs (first half, second half) of each head by a position angle.
-    d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+def apply_rotary(x, rope):
+    # x: (B, T, H, D). Each pair of features (2i, 2i+1) is a complex number rotated by the angle
+    # position x theta^(-2i/D): one complex multiply, ~10x cheaper on CPU than slicing and concatenating.
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rope[:, None]).flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -142,12 +143,11 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, cos, sin, cache):
+    def forward(self, x, rope, cache):
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = apply_rotary(self.c_q(x).view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rotary(self.c_k(x).view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -191,8 +191,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cache):
-        x = x + self.attn(norm(x), cos, sin, cache)
+    def forward(self, x, rope, cache):
+        x = x + self.attn(norm(x), rope, cache)
         return x + self.mlp(norm(x))
 
 
@@ -205,12 +205,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        # RoPE angles for every position, computed once (not saved: derived from the config).
+        # RoPE rotations e^(i angle) for every position, computed once (not saved: derived from the config).
         head_dim = config.n_embd // config.n_head
         inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
         angles = torch.outer(torch.arange(config.block_size).float(), inv_freq)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("rope", torch.polar(torch.ones_like(angles), angles), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections: keep the stream's variance flat
@@ -238,11 +237,13 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ContextFullError(f"context of {past + T} tokens is longer than block_size "
                                    f"{self.config.block_size}: drop old tokens (reset the cache) and retry")
+        if not self.rope.is_complex():
+            raise ValueError("the RoPE table was cast to a real dtype (model.to(dtype)?): keep the model in "
+                             "float32 and use torch.autocast for bf16/fp16, or call model.half()/.bfloat16()")
         x = self.wte(idx)
-        cos = self.cos[past:past + T].to(x.dtype)
-        sin = self.sin[past:past + T].to(x.dtype)
+        rope = self.rope[past:past + T]
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, rope, cache)
         if cache is not None:
             cache.pos += T
         return norm(x)

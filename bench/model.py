@@ -1,0 +1,245 @@
+"""
+bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side by side in one run.
+
+    python bench/model.py                        # all three sections, a few minutes on 2 CPU cores
+    python bench/model.py --sections speed --compile   # add the torch.compile rows (~1 min more)
+
+1. speed: training tokens/s (forward + backward + AdamW step) at darija_small's shape
+   (4 layers x 256, context 256, batch 16, vocab 8,192) for ours with each MLP and for the
+   baseline; the figure that matters is the ratio in the same run (target >= 1.0).
+2. quality: validation bits per byte of ours and the baseline after the same number of training
+   tokens, same data, tokenizer, optimizer and schedule, on ../shared/data/darija/pretrain
+   (target: ours lower). The tokenized data is cached in bench/results/.
+3. generate: tokens/s generating 64 tokens after 512 tokens of context, with the KV cache vs
+   recomputing the whole context for every token (nanoGPT's generate); target >= 5x.
+
+The baseline is written here, not imported: learned positions, LayerNorm, GELU MLP (4x),
+fused qkv projection, tied embeddings, no biases, F.scaled_dot_product_attention.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bpe import Tokenizer  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "darija", "pretrain")
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+# --- the baseline: nanoGPT's architecture --------------------------------------------------------
+
+class BaselineBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.n_head = c.n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(c.n_embd, bias=False), nn.LayerNorm(c.n_embd, bias=False)
+        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=False)
+        self.attn_proj = nn.Linear(c.n_embd, c.n_embd, bias=False)
+        self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=False)
+        self.mlp_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, C)
+        x = x + self.attn_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class Baseline(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
+        self.blocks = nn.ModuleList(BaselineBlock(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        params = list(self.parameters())
+        return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                 lr=learning_rate, betas=betas)
+
+
+def build(kind, **shape):
+    torch.manual_seed(0)
+    if kind == "baseline":
+        return Baseline(GPTConfig(**shape))
+    return GPT(GPTConfig(mlp=kind, **shape))
+
+
+# --- 1. speed ------------------------------------------------------------------------------------
+
+def bench_speed(args):
+    shape = dict(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
+    rows = [("eager", kind) for kind in ("baseline", "swiglu", "relu2")]
+    if args.compile:
+        rows += [("compiled", kind) for kind in ("baseline", "swiglu", "relu2")]
+    x = torch.randint(0, 8192, (16, 256))
+    runs = {}
+    for mode, kind in rows:
+        model = build(kind, **shape)
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+        runs[(mode, kind)] = (torch.compile(model) if mode == "compiled" else model, opt, [])
+
+    def step(model, opt):
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for model, opt, _ in runs.values():  # warm-up (and compilation), not timed
+        step(model, opt)
+    # One step of each model in turn, many times: load from other processes hits every row alike,
+    # and the fastest step of each is the least disturbed (this machine is shared and noisy).
+    for _ in range(args.speed_steps):
+        for model, opt, times in runs.values():
+            t0 = time.perf_counter()
+            step(model, opt)
+            times.append(time.perf_counter() - t0)
+    print(f"\n## 1. training tokens/s, 4 x 256, context 256, batch 16, vocab 8,192 "
+          f"(fastest of {args.speed_steps} interleaved steps; median in brackets)")
+    print("| mode | model | params | tokens/s | ratio to baseline (target >= 1.0) |\n|---|---|---|---|---|")
+    for mode, kind in rows:
+        tps = 16 * 256 / min(runs[(mode, kind)][2])
+        med = 16 * 256 / float(np.median(runs[(mode, kind)][2]))
+        base = 16 * 256 / min(runs[(mode, "baseline")][2])
+        params = sum(p.numel() for p in runs[(mode, kind)][0].parameters())
+        name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind}"
+        print(f"| {mode} | {name} | {params / 1e6:.2f}M | {tps:,.0f} ({med:,.0f}) | {tps / base:.2f} |", flush=True)
+
+
+# --- 2. quality ----------------------------------------------------------------------------------
+
+def load_data(vocab_size, max_bytes, seed=1337):
+    """Train/val token ids (split by document) and the val bytes, tokenized once and cached."""
+    cache = os.path.join(RESULTS, f"model_data_{vocab_size}_{max_bytes}.npz")
+    if os.path.exists(cache):
+        d = np.load(cache)
+        return d["train"], d["val"], int(d["val_bytes"])
+    if not os.path.isdir(SHARED):
+        sys.exit(f"quality needs {SHARED} (the shared Darija corpus); it is not here")
+    docs = []
+    for name in sorted(os.listdir(SHARED)):
+        with open(os.path.join(SHARED, name), encoding="utf-8") as f:
+            docs += [json.loads(line)["text"] for line in f]
+    rng = np.random.default_rng(seed)
+    docs = [docs[i] for i in rng.permutation(len(docs))]
+    val, train, size = docs[:2000], [], 0
+    for doc in docs[2000:]:
+        if size > max_bytes:
+            break
+        train.append(doc)
+        size += len(doc.encode())
+    print(f"training a {vocab_size}-token tokenizer on {size / 1e6:.1f} MB and encoding (cached afterwards)...")
+    tok = Tokenizer.train(train[:len(train) // 2], vocab_size)
+    enc, eot = tok.to_tiktoken(), tok.eot_id
+
+    def encode(texts):
+        return np.array([t for ids in enc.encode_ordinary_batch(texts) for t in [eot, *ids]], dtype=np.uint16)
+
+    os.makedirs(RESULTS, exist_ok=True)
+    val_bytes = sum(len(d.encode()) for d in val)
+    np.savez(cache, train=encode(train), val=encode(val), val_bytes=val_bytes)
+    return load_data(vocab_size, max_bytes, seed)
+
+
+def val_bits_per_byte(model, val, block, val_bytes):
+    """All non-overlapping windows of val: nats per token x tokens per byte / ln 2."""
+    model.eval()
+    n = (len(val) - 1) // block
+    x = torch.from_numpy(val[:n * block].astype(np.int64)).view(n, block)
+    y = torch.from_numpy(val[1:n * block + 1].astype(np.int64)).view(n, block)
+    with torch.no_grad():
+        loss = sum(model(x[i:i + 16], y[i:i + 16])[1].item() * len(x[i:i + 16]) for i in range(0, n, 16)) / n
+    model.train()
+    return loss * len(val) / val_bytes / math.log(2)
+
+
+def bench_quality(args):
+    train, val, val_bytes = load_data(8192, args.quality_bytes)
+    block, batch, steps = 256, 16, args.quality_steps
+    print(f"\n## 2. val bits/byte after {steps * batch * block:,} training tokens "
+          f"({len(train):,} train / {len(val):,} val tokens; lr {args.lr}, warmup 20, cosine)")
+    print("| model | val bits/byte (lower is better) | train time |\n|---|---|---|")
+    for kind in ("baseline", args.mlp):
+        model = build(kind, vocab_size=8192, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
+        opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), "cpu")
+        rng = np.random.default_rng(0)  # the very same batches for both models
+        t0 = time.perf_counter()
+        for it in range(steps):
+            lr = args.lr * min(1.0, (it + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / steps)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            starts = rng.integers(0, len(train) - block - 1, size=batch)
+            rows = torch.from_numpy(np.stack([train[s:s + block + 1] for s in starts]).astype(np.int64))
+            loss = model(rows[:, :-1], rows[:, 1:])[1]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind}"
+        print(f"| {name} | {val_bits_per_byte(model, val, block, val_bytes):.3f} | "
+              f"{time.perf_counter() - t0:.0f} s |", flush=True)
+
+
+# --- 3. generation -------------------------------------------------------------------------------
+
+def bench_generate(args):
+    model = build(args.mlp, vocab_size=8192, block_size=1024, n_layer=4, n_head=4, n_kv_head=4, n_embd=256).eval()
+    prompt, n = torch.randint(0, 8192, (512,)).tolist(), 64
+    t0 = time.perf_counter()
+    cached = list(model.generate(prompt, n, temperature=0))
+    t_cache = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):  # nanoGPT's generate: the whole context again for every new token
+            logits = model.lm_head(model.hidden(torch.tensor([ids]))[:, -1])
+            ids.append(int(logits.argmax()))
+    t_full = time.perf_counter() - t0
+    assert ids[512:] == cached, "KV-cache generation differs from recomputation"
+    print(f"\n## 3. generation, {n} tokens after 512 tokens of context (greedy, identical tokens)")
+    print("| method | tokens/s | speed-up (target >= 5x) |\n|---|---|---|")
+    print(f"| recompute the context (nanoGPT) | {n / t_full:,.0f} | 1.0x |")
+    print(f"| KV cache (ours, prefill included) | {n / t_cache:,.0f} | {t_full / t_cache:.1f}x |")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", default="speed,quality,generate")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (~1 min more)")
+    p.add_argument("--speed_steps", type=int, default=8)
+    p.add_argument("--quality_steps", type=int, default=120)
+    p.add_argument("--quality_bytes", type=int, default=4_000_000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--mlp", default="swiglu", help="our MLP for the quality and generate sections")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for section in args.sections.split(","):
+        {"speed": bench_speed, "quality": bench_quality, "generate": bench_generate}[section](args)
