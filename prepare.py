@@ -399,9 +399,13 @@ def collect(planned, work):
     lengths, hashes, source = (np.frombuffer(a, t) for a, t in ((lengths, np.uint32), (hashes, np.uint64), (source, np.uint8)))
     t = clock()
     keep = np.ones(len(hashes), bool)
-    if dedup:  # keep the first occurrence of each hash
-        keep[:] = False
-        keep[np.unique(hashes, return_index=True)[1]] = True
+    if dedup:  # keep the first occurrence of each hash; in 16 parts by the hash's top bits, because
+        keep[:] = False  # np.unique needs ~45 bytes per element of scratch memory
+        part = np.concatenate([(hashes[i:i + (1 << 20)] >> np.uint64(60)).astype(np.uint8)
+                               for i in range(0, len(hashes), 1 << 20)] or [np.zeros(0, np.uint8)])
+        for b in range(16):
+            idx = np.flatnonzero(part == b)
+            keep[idx[np.unique(hashes[idx], return_index=True)[1]]] = True
         report["dropped_duplicate"] = int((~keep).sum())
     secs["dedup"] += clock() - t
     secs["read"] = time.time() - t0 - sum(secs.values())

@@ -5,7 +5,7 @@ Benchmark of the data stage (prepare.py) on ../shared/data/darija/pretrain (13.6
     python bench/data.py --big     # and peak memory on a ~200 MB input (the corpus x15, varied; ~5 min)
 
 1. The whole stage, as a user runs it (tokenizer trained at vocab 16,384): seconds per step.
-2. Encoding throughput, in one process, best of 3 rounds, same documents, same threads:
+2. Encoding throughput, in one process, best of 5 rounds, same documents, same threads:
    - tiktoken's own batch call, encode_ordinary_batch (one thread task per document),
    - raw tiktoken at its fastest: encode_ordinary over the documents in chunks on N threads,
      the documents already in memory, nothing written,
