@@ -29,7 +29,6 @@ What happens, top to bottom, and why:
 """
 import argparse
 import glob
-import hashlib
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import time
 import torch
 
 from bpe import Tokenizer
-from model import ContextFullError, load_checkpoint, model_from_checkpoint
+from model import ContextFullError, apply_adapter, load_checkpoint, model_from_checkpoint, sha256_of
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CHAT_KINDS = ("sft", "lora_merged")
@@ -81,14 +80,6 @@ def parse_args(argv=None):
 
 
 # --- 1. the checkpoint and its tokenizer ----------------------------------------------------------
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def peek_kind(path):
     """A checkpoint's kind without reading its weights (mmap), or None when it is not one."""
@@ -151,7 +142,7 @@ def load(args):
     if not os.path.isfile(tok_path):
         fail(f"{path} was trained with the tokenizer {tok_path}, which does not exist: run chat.py from "
              f"the project root, or rebuild the data (python prepare.py config/NAME.py)")
-    if ckpt.get("tokenizer_sha256") and sha256_file(tok_path) != ckpt["tokenizer_sha256"]:
+    if ckpt.get("tokenizer_sha256") and sha256_of(tok_path) != ckpt["tokenizer_sha256"]:
         fail(f"{tok_path} has changed since {path} was trained (its sha256 differs from the one in the "
              f"checkpoint): the model's token ids would decode to the wrong text; restore that tokenizer "
              f"file or train again")
@@ -164,11 +155,10 @@ def load(args):
              f"they do not belong together")
     chat_mode = ckpt["kind"] in CHAT_KINDS
     if args.adapter:
-        from model import apply_adapter  # lora.py's adapters (model.py); only needed here
         if not os.path.isfile(args.adapter):
             fail(f"no adapter at {args.adapter}. {describe_out()}")
-        try:
-            apply_adapter(model, args.adapter, sha256_file(path))
+        try:  # checks that the adapter was trained on exactly this checkpoint, then merges it
+            model = apply_adapter(model, args.adapter, sha256_of(path))
         except ValueError as e:
             fail(str(e))
         chat_mode = True  # adapters are trained on the chat format

@@ -23,7 +23,8 @@ import torch
 
 from bpe import Tokenizer
 from conftest import ROOT
-from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import (GPT, GPTConfig, add_lora, load_checkpoint, model_from_checkpoint, save_adapter, save_checkpoint,
+                   sha256_of)
 
 ANSWER = "mar7ba bik! مرحبا بيك"
 WORDS = "salam kidayr labas 3afak sba7 lkhir wach nta mzyan chno smitek fin ghadi bghit m3ak شكرا سلام واش".split()
@@ -83,6 +84,9 @@ def work(tmp_path_factory):
         with torch.no_grad():
             endless.lm_head.weight[sorted(tok.special_tokens.values())] = 0
         save("endless", endless, "sft")
+        add_lora(model, rank=2, alpha=4.0, targets=["c_q"])  # B = 0: an adapter that changes nothing, on out/base
+        base = d / "out" / "base" / "best.pt"
+        save_adapter(d / "out" / "lora" / "adapter.pt", model, base, sha256_of(base), 2, 4.0, ["c_q"])
     finally:
         torch.set_num_threads(threads)
     return d
@@ -270,10 +274,21 @@ def test_base_checkpoint_gets_completion_mode(work, monkeypatch, capsys):
     assert "out/base/best.pt is a base model (not instruction-tuned): completion mode" in capsys.readouterr().err
 
 
+def test_adapter_on_its_base_chats_and_on_another_base_is_refused(work, monkeypatch, capsys):
+    adapter = ["--adapter", "out/lora/adapter.pt", "--prompt", "salam", "--temperature", "0"]
+    assert chat_main(monkeypatch, work, "--ckpt", "out/base", *adapter) is None
+    assert capsys.readouterr() == (ANSWER + "\n", "")  # chat mode: no completion-mode notice
+    assert chat_main(monkeypatch, work, "--ckpt", "out/chat", *adapter).startswith(
+        "chat.py: adapter out/lora/adapter.pt was trained on base ")
+    assert chat_main(monkeypatch, work, "--ckpt", "out/base", "--adapter", "out/none.pt") == (
+        "chat.py: no adapter at out/none.pt. out/ holds: out/base/ (best.pt), out/chat/ (best.pt), "
+        "out/endless/ (best.pt), out/lora/ (adapter.pt)")
+
+
 def test_bad_checkpoints_give_clear_messages(work, monkeypatch, tmp_path):
     msg = chat_main(monkeypatch, work, "--ckpt", "out/nope")
     assert msg == ("chat.py: no checkpoint at out/nope. out/ holds: out/base/ (best.pt), "
-                   "out/chat/ (best.pt), out/endless/ (best.pt)")
+                   "out/chat/ (best.pt), out/endless/ (best.pt), out/lora/ (adapter.pt)")
     assert chat_main(monkeypatch, tmp_path).startswith("chat.py: no --ckpt given and no checkpoint found. "
                                                        "out/ holds no checkpoint yet: train one first")
     ckpt = load_checkpoint(work / "out" / "chat")
