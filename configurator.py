@@ -43,8 +43,8 @@ def setting_names(script_path):
         tree = ast.parse(f.read(), filename=script_path)
     names = []
     for node in tree.body:
-        if isinstance(node, ast.Expr) and _calls_configure(node.value):
-            break
+        if isinstance(node, (ast.Expr, ast.Assign)) and _calls_configure(node.value):
+            break  # `configure(globals())` or `settings = configure(globals())`
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names += [t.id for t in targets if isinstance(t, ast.Name) and not t.id.startswith("_")]

@@ -79,7 +79,8 @@ def test_missing_file_and_stray_argument(stage):
 
 
 def test_sibling_keys_accepted_but_not_applied(tmp_path):
-    (tmp_path / "sibling.py").write_text("vocab_size = 100\nfrom configurator import configure\nconfigure(globals())\nlater = 1\n")
+    (tmp_path / "sibling.py").write_text("vocab_size = 100\nfrom configurator import configure\n"
+                                         "settings = configure(globals())\nlater = 1\n")
     script = write_script(tmp_path, "batch_size = 16\n")
     text = script.read_text().replace("configure(globals())", "configure(globals(), also_from=('sibling.py',))")
     script.write_text(text)
