@@ -16,7 +16,9 @@ What happens, top to bottom, and why:
    that lives for the whole session: generate keeps the common prefix of what the cache holds and
    the new context, so only the new turn is prefilled (the course re-ran the whole history for
    every single token). When the context would not leave room for an answer, the oldest turns are
-   dropped (the system prompt stays), with a notice; a single over-long input is truncated.
+   dropped (the system prompt stays) until half the room is free, with a notice: dropping changes
+   the start of the context, so the cache is rebuilt, and halving makes that rare. A single
+   over-long input is truncated.
 3. Tokens are printed as they come through bpe.py's stream decoder, which holds back a UTF-8
    character split across byte-level tokens until it is whole (no U+FFFD in Arabic answers).
    An answer stops at <|end|> (or any special token), at --max_new_tokens, or on Ctrl-C.
@@ -36,7 +38,8 @@ import time
 import torch
 
 from bpe import Tokenizer
-from model import ContextFullError, apply_adapter, load_checkpoint, model_from_checkpoint, sha256_of
+from model import (ContextFullError, apply_adapter, load_adapter, load_checkpoint, model_from_checkpoint,
+                   sha256_of)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CHAT_KINDS = ("sft", "lora_merged")
@@ -72,7 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("--prompt", default=None, help="answer this one message and exit")
     p.add_argument("--show_speed", action="store_true", help="tokens/s and time to first token")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default; 1 is often "
+                   "faster for a small model on a busy machine)")
     args = p.parse_args(argv)
     if args.temperature < 0 or args.max_new_tokens < 1 or args.top_k < 0 or not 0 < args.top_p <= 1:
         p.error("need --temperature >= 0, --max_new_tokens >= 1, --top_k >= 0 and 0 < --top_p <= 1")
@@ -102,8 +107,8 @@ def describe_out():
 
 
 def pick_checkpoint():
-    """The newest chat checkpoint under out/ (sft or lora_merged; last.pt only where there is no
-    best.pt), else the newest base one: -> (path, kind)."""
+    """The path of the newest chat checkpoint under out/ (sft or lora_merged; last.pt only where
+    there is no best.pt), else of the newest base one."""
     paths = []
     for d in glob.glob(os.path.join("out", "*")):
         pts = [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) != "last.pt"]
@@ -115,17 +120,23 @@ def pick_checkpoint():
     _, path, kind = max(chat or found)
     note(f"no --ckpt given: using {path} ({kind}, the newest "
          f"{'chat' if chat else 'base (no chat checkpoint yet)'} checkpoint under out/)")
-    return path, kind
+    return path
 
 
 def load(args):
     """-> (model, tokenizer, chat_mode, path) with every way the files can be wrong caught."""
+    if args.adapter and not args.ckpt:  # the base the adapter was trained on, as it recorded it
+        try:
+            args.ckpt = load_adapter(args.adapter)["base"]
+        except (OSError, ValueError) as e:
+            fail(str(e))
+        note(f"no --ckpt given: using the adapter's base, {args.ckpt}")
     if args.ckpt:
         path = os.path.join(args.ckpt, "best.pt") if os.path.isdir(args.ckpt) else args.ckpt
         if not os.path.isfile(path):
             fail(f"no checkpoint at {path}. {describe_out()}")
     else:
-        path, _ = pick_checkpoint()
+        path = pick_checkpoint()
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,12 +185,12 @@ def truncate_tokens(tok, text, limit):
     """The longest prefix of text that encodes to at most `limit` tokens (whole characters only)."""
     ids = tok.encode_ordinary(text)
     if len(ids) <= limit:
-        return text, len(ids)
+        return text
     text = tok.decode_bytes(ids[:limit]).decode("utf-8", errors="ignore")
     while text and len(tok.encode_ordinary(text)) > limit:  # re-encoding a cut text may add a token
         text = text[:-1]
     note(f"[input too long: kept its first {limit} of {len(ids)} tokens]")
-    return text, len(ids)
+    return text
 
 
 class Session:
@@ -188,7 +199,7 @@ class Session:
     def __init__(self, model, tok, chat_mode, args):
         self.model, self.tok, self.chat_mode, self.args = model, tok, chat_mode, args
         self.block_size = model.config.block_size
-        # room kept for the answer: the context never takes more than half of the window from it
+        # room kept for the answer: max_new_tokens, but at most half the window (the rest is history)
         self.reserve = min(args.max_new_tokens, self.block_size // 2)
         self.cache = model.new_cache()
         self.system = ""
@@ -222,38 +233,42 @@ class Session:
 
     def context(self, text):
         """The token ids to continue for this input; drops the oldest turns when they do not fit."""
-        text, _ = truncate_tokens(self.tok, text, self.input_limit())
+        text = truncate_tokens(self.tok, text, self.input_limit())
         if not self.chat_mode:  # completion: the line alone, as the start of a document
             return [self.tok.eot_id] + self.tok.encode_ordinary(text)
         self.messages.append({"role": "user", "content": text})
         ids = self.tok.render_for_completion(self.messages)
-        first, dropped = (1 if self.system else 0), 0
-        while len(ids) + self.reserve > self.block_size and len(self.messages) - first > 1:
-            del self.messages[first:first + 2]  # the oldest user turn and its answer
-            dropped += 1
-            ids = self.tok.render_for_completion(self.messages)
-        if dropped:
-            note(f"[context full: forgot the oldest {dropped} exchange{'s' * (dropped > 1)} "
-                 f"({self.block_size} tokens fit)]")
+        if len(ids) + self.reserve > self.block_size:
+            # Forget the oldest exchanges until the history fills at most half of what is left for it:
+            # a change at the start of the context invalidates the whole cache, so it is done rarely.
+            first, dropped = (1 if self.system else 0), 0
+            while len(ids) > (self.block_size - self.reserve) // 2 and len(self.messages) - first > 1:
+                del self.messages[first:first + 2]  # the oldest user turn and its answer
+                dropped += 1
+                ids = self.tok.render_for_completion(self.messages)
+            note(f"[context full ({self.block_size} tokens): forgot the oldest {dropped} "
+                 f"exchange{'s' * (dropped > 1)}]")
         return ids
 
     # --- 3. one streamed answer ---------------------------------------------------------------------
 
     def answer(self, text, out=None):
-        """Generate, stream (to out, default stdout) and remember the answer to `text`; return its text."""
+        """Generate, stream (to out, default stdout) and remember the answer to `text`; return its text.
+        self.stats then holds its figures (what --show_speed prints)."""
         out = out or sys.stdout
+        t0 = t_first = time.perf_counter()
         ids = self.context(text)
         cached = 0
         while cached < min(len(ids) - 1, len(self.cache.tokens)) and self.cache.tokens[cached] == ids[cached]:
             cached += 1  # what generate will keep from the cache: only the rest is prefilled
         a = self.args
-        decoder, tokens, why = self.tok.stream_decoder(), [], ""
-        t0 = t_first = time.perf_counter()
+        decoder, tokens, why, n = self.tok.stream_decoder(), [], "", 0
         try:
             for t in self.model.generate(ids, min(a.max_new_tokens, self.block_size - len(ids)), a.temperature,
                                          a.top_k or None, a.top_p, self.stop_ids, self.cache):
-                if t_first == t0:
-                    t_first = time.perf_counter()  # time to first token: the prefill
+                n += 1
+                if n == 1:
+                    t_first = time.perf_counter()  # time to first token: the template and the prefill
                 if t in self.stop_ids:
                     break
                 tokens.append(t)
@@ -263,15 +278,18 @@ class Session:
                 why = "[answer cut: context full]" if len(ids) + len(tokens) >= self.block_size else ""
         except KeyboardInterrupt:
             why = "[stopped]"
-        elapsed = time.perf_counter() - t0
+        decode_time = time.perf_counter() - t_first
         out.write(decoder.flush() + "\n")
         out.flush()
         if why:
             note(why)
+        self.stats = dict(tokens=len(tokens), first_token_s=t_first - t0, prompt=len(ids), cached=cached,
+                          tokens_per_s=(n - 1) / max(decode_time, 1e-9) if n > 1 else 0.0)
         if self.show_speed:
-            rate = (len(tokens) - 1) / max(elapsed - (t_first - t0), 1e-9) if len(tokens) > 1 else 0.0
-            note(f"[{len(tokens)} tokens, {rate:.1f} tokens/s, first token after {(t_first - t0) * 1000:.0f} ms; "
-                 f"prompt {len(ids)} tokens, {len(ids) - cached} prefilled, {cached} from the cache]")
+            st = self.stats
+            note(f"[{st['tokens']} tokens, {st['tokens_per_s']:.1f} tokens/s, first token after "
+                 f"{st['first_token_s'] * 1000:.0f} ms; prompt {len(ids)} tokens, {len(ids) - cached} prefilled, "
+                 f"{cached} from the cache]")
         reply = self.tok.decode(tokens)
         if self.chat_mode:
             if reply:
@@ -311,6 +329,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok, chat_mode, path = load(args)
     try:
         session = Session(model, tok, chat_mode, args)
