@@ -284,6 +284,9 @@ def test_adapter_on_its_base_chats_and_on_another_base_is_refused(work, monkeypa
     adapter = ["--adapter", "out/lora/adapter.pt", "--prompt", "salam", "--temperature", "0"]
     assert chat_main(monkeypatch, work, "--ckpt", "out/base", *adapter) is None
     assert capsys.readouterr() == (ANSWER + "\n", "")  # chat mode: no completion-mode notice
+    assert chat_main(monkeypatch, work, *adapter) is None  # no --ckpt: the base the adapter names
+    assert capsys.readouterr() == (ANSWER + "\n", f"no --ckpt given: using the adapter's base, "
+                                                   f"{work / 'out' / 'base' / 'best.pt'}\n")
     assert chat_main(monkeypatch, work, "--ckpt", "out/chat", *adapter).startswith(
         "chat.py: adapter out/lora/adapter.pt was trained on base ")
     assert chat_main(monkeypatch, work, "--ckpt", "out/base", "--adapter", "out/none.pt") == (
