@@ -150,7 +150,7 @@ def main():
     ckpt = a.ckpt or ("out/darija_sft" if os.path.isfile(os.path.join("out", "darija_sft", "best.pt")) else "")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     if ckpt:
-        model, tok, chat_mode, path = chat.load(chat.parse_args(["--ckpt", ckpt, "--device", "cpu"]))
+        model, tok, _, path = chat.load(chat.parse_args(["--ckpt", ckpt, "--device", "cpu"]))
         print(f"model: {path} (trained)")
     else:
         model, tok = random_model(256)
