@@ -1,16 +1,21 @@
-# A LoRA smoke run in a few minutes on a CPU, from the tiny base and the project's sample SFT data:
-#   python pretrain.py config/darija_tiny.py && python lora.py config/lora_tiny.py
+# A LoRA smoke run in a few minutes on a CPU: the tiny base, the project's sample SFT data and the
+# settings of config/sft_tiny.py, so the two runs compare (python bench/lora.py does it at scale).
+#   python pretrain.py config/darija_tiny.py && python sft.py config/sft_tiny.py   # the full fine-tune
+#   python lora.py config/lora_tiny.py
 init_from = "out/darija_tiny"
 out_dir = "out/darija_tiny_lora"
-sft_dataset = "darija_tiny"               # its own name: a dataset is tied to its tokenizer
-sft_config = ""                           # sft.py's defaults: data/sample/sft/
-compare_to = ""
+sft_dataset = "darija_tiny"               # the dataset sft_tiny builds (a dataset is tied to its tokenizer)
+sft_config = "config/sft_tiny.py"         # builds it when missing
+compare_to = "out/darija_tiny_sft"
 
 rank = 4
 alpha = 8.0
 batch_size = 8
+learning_rate = 3e-3
+warmup_iters = 10
 max_iters = 200
-eval_interval = 50
-eval_iters = 10
+eval_interval = 25
+eval_iters = 8
+patience = 3
 metric_items = 20
 max_new_tokens = 32
