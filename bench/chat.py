@@ -4,6 +4,7 @@ bench/chat.py: how fast chat.py answers on this machine, measured through chat.p
 
     python bench/chat.py                           # out/darija_sft if it exists, else random weights
     python bench/chat.py --ckpt out/darija_sft     # a given checkpoint
+    python bench/chat.py --threads 1               # the README's table (one thread: see there why)
 
 1. one answer: time to first token (the prefill) and decode tokens/s after a short prompt and after
    a long one, and decode tokens/s of the course's way (no KV cache: the whole context recomputed
