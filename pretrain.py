@@ -227,7 +227,7 @@ def evaluate():
             with autocast:
                 losses.append(model(*get_batch(split, windows))[1].item())
         out[f"{split}_loss"] = sum(losses) / len(losses)
-    val = meta["val"] if "val" in meta else meta["splits"]["val"]
+    val = meta["val"]
     out["val_bpb"] = out["val_loss"] * val["tokens"] / val["bytes"] / math.log(2)
     if sample_tokens:
         ids = list(raw_model.generate([meta["eot_id"]], sample_tokens, temperature=0.8, top_k=50))
