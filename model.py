@@ -95,11 +95,16 @@ def norm(x):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
 
 
-def apply_rotary(x, rope):
-    # x: (B, T, H, D). Each pair of features (2i, 2i+1) is a complex number rotated by the angle
-    # position x theta^(-2i/D): one complex multiply, ~10x cheaper on CPU than slicing and concatenating.
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * rope[:, None]).flatten(-2).type_as(x)
+def apply_rotary(x, cos, sin):
+    # x: (B, T, H, D). Each pair of features (2i, 2i+1) is rotated by the angle position x theta^(-2i/D).
+    pairs = x.float().unflatten(-1, (-1, 2))
+    cos, sin = cos[:, None], sin[:, None]
+    if torch.compiler.is_compiling():  # the real form: inductor fuses it (it cannot compile complex ops)
+        x1, x2 = pairs.unbind(-1)
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
+    # eager: the pair as a complex number times e^(i angle), one multiply: ~10x cheaper on CPU
+    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -143,10 +148,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, rope, cache):
+    def forward(self, x, cos, sin, cache):
         B, T, C = x.shape
-        q = apply_rotary(self.c_q(x).view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rotary(self.c_k(x).view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        q = apply_rotary(self.c_q(x).view(B, T, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rotary(self.c_k(x).view(B, T, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         past = 0
         if cache is not None:
@@ -191,8 +196,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache):
-        x = x + self.attn(norm(x), rope, cache)
+    def forward(self, x, cos, sin, cache):
+        x = x + self.attn(norm(x), cos, sin, cache)
         return x + self.mlp(norm(x))
 
 
@@ -205,11 +210,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        # RoPE rotations e^(i angle) for every position, computed once (not saved: derived from the config).
-        head_dim = config.n_embd // config.n_head
-        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        angles = torch.outer(torch.arange(config.block_size).float(), inv_freq)
-        self.register_buffer("rope", torch.polar(torch.ones_like(angles), angles), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections: keep the stream's variance flat
@@ -237,16 +237,21 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ContextFullError(f"context of {past + T} tokens is longer than block_size "
                                    f"{self.config.block_size}: drop old tokens (reset the cache) and retry")
-        if not self.rope.is_complex():
-            raise ValueError("the RoPE table was cast to a real dtype (model.to(dtype)?): keep the model in "
-                             "float32 and use torch.autocast for bf16/fp16, or call model.half()/.bfloat16()")
         x = self.wte(idx)
-        rope = self.rope[past:past + T]
+        cos, sin = self.rotary_angles(past, T, idx.device)
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, cos, sin, cache)
         if cache is not None:
             cache.pos += T
         return norm(x)
+
+    def rotary_angles(self, start, T, device):
+        """cos and sin (T, head_dim/2) of the RoPE angles of positions start..start+T-1. Computed on
+        the fly in float32 (a few thousand numbers): no buffer that a cast to bf16 could degrade."""
+        head_dim = self.config.n_embd // self.config.n_head
+        inv_freq = self.config.rope_theta ** (-torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+        angles = torch.outer(torch.arange(start, start + T, device=device).float(), inv_freq)
+        return angles.cos(), angles.sin()
 
     def new_cache(self, batch_size=1):
         p = self.lm_head.weight

@@ -183,7 +183,10 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 start_iter, best_val_loss = 0, None
 last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
 if init_from == "resume":
-    ckpt = load_checkpoint(last_path, map_location=device)
+    try:
+        ckpt = load_checkpoint(last_path, map_location=device)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"cannot resume: {e}")
     if ckpt["model_config"] != asdict(config):
         sys.exit(f"{last_path} was trained with model {ckpt['model_config']}, not {asdict(config)}: "
                  "use the same model settings to resume")

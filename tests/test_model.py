@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
-from model import (GPT, ContextFullError, GPTConfig, estimate_mfu, load_checkpoint, model_from_checkpoint,
-                   sample, save_checkpoint)
+from model import (GPT, ContextFullError, GPTConfig, apply_rotary, estimate_mfu, load_checkpoint,
+                   model_from_checkpoint, sample, save_checkpoint)
 
 
 def tiny(**kw):
@@ -43,6 +43,18 @@ def test_causality():
     a, b = model(idx)[0], model(changed)[0]
     assert torch.equal(a[:, :9], b[:, :9])
     assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_rotary_forms_agree_and_rotate(monkeypatch):
+    """The eager complex form and the real form used under torch.compile give the same rotation."""
+    model = tiny()
+    cos, sin = model.rotary_angles(3, 5, "cpu")
+    x = torch.randn(2, 5, 4, 8)
+    eager = apply_rotary(x, cos, sin)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.allclose(apply_rotary(x, cos, sin), eager, atol=1e-6)
+    assert torch.allclose(eager.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
+    assert torch.allclose(apply_rotary(x, *model.rotary_angles(0, 5, "cpu"))[:, 0], x[:, 0])  # position 0
 
 
 def greedy_by_recompute(model, ids, n):
