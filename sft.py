@@ -7,18 +7,17 @@ then fine-tunes every weight of a pre-trained GPT with the loss on the assistant
     python chat.py --ckpt out/darija_sft               # talk to the result
 
 What happens, in order (and why):
-1. The base checkpoint (init_from) is loaded first: its tokenizer is the one the dataset is
-   measured with, and a checkpoint without the chat tokens cannot be instruction-tuned.
+1. The base checkpoint (init_from) is loaded first: its tokenizer measures the dataset, and a
+   tokenizer without the chat tokens cannot render chats.
 2. The dataset (data/sft/NAME/{train,val}.jsonl + stats.json) is built when missing:
-   - conversations ({"messages": [...]}) are taken as they are, after validation; a bad row is an
-     error naming its file and line (roles out of order, empty content, missing fields);
-   - parallel rows (Arabizi, Arabic script, English) become instruction pairs for four tasks, each
-     in both directions: Darija -> English, English -> Darija, Arabizi -> Arabic script and back.
-     The request is phrased in English, in Darija in Latin letters or in Darija in Arabic script,
-     drawn from several natural phrasings (a single fixed template teaches the template, not the
-     task); a share of the examples carries a system prompt, so the model works with and without;
-   - exact duplicates are dropped; rows that share any sentence are grouped (union-find), and the
-     train/val split is made per group by a hash, so no sentence is seen in both splits;
+   - conversations ({"messages": [...]}) are validated; a bad row is an error naming its file and
+     line (roles out of order, empty content, missing fields);
+   - parallel rows (Arabizi, Arabic script, English) become instruction pairs, both directions of
+     Darija <-> English and Arabizi <-> Arabic script, each request drawn from several phrasings
+     in English and in Darija (both scripts): one fixed template would teach the template, not
+     the task. A share of the examples carries a system prompt, so both ways work;
+   - exact duplicates are dropped; rows sharing any sentence are grouped (union-find) and the
+     train/val split is made per group by a hash, so no sentence is on both sides;
    - statistics (examples, tokens, assistant-token share, per task) are printed and saved.
 3. Training: whole conversations are packed into rows of block_size tokens (never cut in the
    middle); targets are -1 everywhere except the assistant's tokens and their <|end|>, so the
@@ -124,6 +123,9 @@ def load_base(path):
     if not all(t in tok.special_tokens for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")):
         fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
     return ckpt, tok, tok_path, sha
+
+
+ckpt, tok, tok_path, tok_sha = load_base(init_from)
 
 
 # --- 2. the dataset ------------------------------------------------------------------------------
@@ -333,7 +335,6 @@ def read_examples(path):
         return [json.loads(line) for line in f]
 
 
-ckpt, tok, tok_path, tok_sha = load_base(init_from)
 sft_dataset = sft_dataset or os.path.basename(os.path.normpath(init_from if os.path.isdir(init_from)
                                                                else os.path.dirname(init_from)))
 data_dir = os.path.join("data", "sft", sft_dataset)
@@ -571,6 +572,7 @@ def task_scores(m, examples, shots, chat):
                 for ex in items]
         scores[task] = dict(items=len(items), chrf=round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2),
                             example=dict(input=items[0]["input"], output=hyps[0]))
+        print(f"  {'sft' if chat else 'base'} {task}: chrF {scores[task]['chrf']:.1f} on {len(items)} items")
     return scores
 
 

@@ -10,7 +10,7 @@ It needs the base checkpoint (about 20 minutes of CPU on a quiet 2-core machine)
     python pretrain.py config/darija_small.py --dataset=darija_shared \\
         --sources="[{'path': '../shared/data/darija/pretrain', 'text_field': 'text'}]"
 then:
-    python bench/sft.py                      # ~10-15 min on 2 cores (sft.py runs with these settings)
+    python bench/sft.py                      # ~15-25 min on 2 cores (sft.py with the settings below)
     python bench/sft.py --max_iters=100 --metric_items=30   # a quicker look
 Extra --key=value arguments go to sft.py as they are.
 """
@@ -26,8 +26,9 @@ SOURCES = [{"path": f"{SFT}/bodmagh_conversations.jsonl", "kind": "conversations
            {"path": f"{SFT}/transliteration_pairs.jsonl", "kind": "pairs", "latin": "arabizi", "arabic": "arabic"}]
 SETTINGS = ["--init_from=out/darija_shared", "--out_dir=out/bench_sft", "--sft_dataset=darija_shared",
             f"--sources={SOURCES!r}", "--max_bad_fraction=0.02",  # 3 of the 201 shared chats are malformed
-            "--max_iters=400", "--eval_interval=50", "--eval_iters=10", "--patience=3",
-            "--learning_rate=3e-4", "--min_lr=3e-5", "--warmup_iters=30", "--metric_items=100", "--force"]
+            "--block_size=128", "--batch_size=16", "--max_iters=300", "--eval_interval=50", "--eval_iters=8",
+            "--patience=3", "--learning_rate=5e-4", "--min_lr=5e-5", "--warmup_iters=20",
+            "--metric_items=100", "--max_new_tokens=48", "--force"]
 
 if not os.path.isdir(SFT):
     sys.exit(f"bench/sft.py: {SFT} is missing (the shared Darija data); nothing to measure")
