@@ -11,7 +11,8 @@ Architecture (each choice and why):
 - MLP: "swiglu" (Llama: silu(x W_gate) * (x W_fc), hidden 8/3 n_embd so the parameter count
   matches a 4x MLP) or "relu2" (relu(x W_fc)^2, hidden 4 n_embd: Primer / modded-nanoGPT).
 - grouped-query attention when n_kv_head < n_head: a smaller KV cache for generation.
-- attention through F.scaled_dot_product_attention (flash kernels on CUDA).
+- attention through F.scaled_dot_product_attention (flash kernels on CUDA); q, k and v are three
+  named nn.Linear layers (adapters can target each) computed with one matmul of their stacked weights.
 - no biases anywhere; init N(0, 0.02) with residual projections scaled by 1/sqrt(2 n_layer)
   so the residual stream does not grow with depth (GPT-2).
 
@@ -150,9 +151,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, cache):
         B, T, C = x.shape
-        q = apply_rotary(self.c_q(x).view(B, T, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
-        k = apply_rotary(self.c_k(x).view(B, T, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if type(self.c_q) is type(self.c_k) is type(self.c_v) is nn.Linear:
+            # One matmul for q, k and v together: on CPU three small matmuls cost far more than one.
+            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            q, k, v = F.linear(x, w).split([self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], -1)
+        else:  # wrapped layers (LoRA adapters) are called one by one
+            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        q = apply_rotary(q.view(B, T, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rotary(k.view(B, T, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         past = 0
         if cache is not None:
             past = cache.pos

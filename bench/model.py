@@ -186,7 +186,7 @@ def bench_quality(args):
     print(f"\n## 2. val bits/byte after {steps * batch * block:,} training tokens "
           f"({len(train):,} train / {len(val):,} val tokens; lr {args.lr}, warmup 20, cosine)")
     print("| model | val bits/byte (lower is better) | train time |\n|---|---|---|")
-    for kind in ("baseline", args.mlp):
+    for kind in args.quality_models.split(","):
         model = build(kind, vocab_size=8192, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
         opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), "cpu")
         rng = np.random.default_rng(0)  # the very same batches for both models
@@ -237,7 +237,8 @@ if __name__ == "__main__":
     p.add_argument("--quality_steps", type=int, default=120)
     p.add_argument("--quality_bytes", type=int, default=4_000_000)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--mlp", default="swiglu", help="our MLP for the quality and generate sections")
+    p.add_argument("--mlp", default="relu2", help="our MLP for the generate section")
+    p.add_argument("--quality_models", default="baseline,relu2", help="baseline, swiglu, relu2")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
