@@ -12,7 +12,8 @@ same SFT data, the same number of steps, batch, context and seed. Prints one tab
 The full SFT run is bench/sft.py's (out/bench_sft): its settings are read back from its
 checkpoint, so LoRA runs with exactly the same ones; it is run first when missing or older than
 the base. It needs the base pre-trained on the shared corpus (see bench/sft.py):
-    python bench/lora.py                               # LoRA run + step costs: ~15-25 min on 2 cores
+    python bench/lora.py      # ~30 min on 2 busy cores (the LoRA run) + 3 min of step costs;
+                              # reruns only what is stale (the SFT run too, if missing: as long again)
     python bench/lora.py --rank=4 --learning_rate=2e-3 # extra --key=value go to lora.py
     python bench/lora.py --sft_out=out/x --lora_out=out/y    # other run folders
 """
