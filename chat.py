@@ -11,11 +11,14 @@ What happens, top to bottom, and why:
 1. The checkpoint (any kind: base, sft, lora_merged; or a base plus a LoRA --adapter) is loaded
    with its tokenizer. The tokenizer file's sha256 must match the one recorded at training time:
    another tokenizer would silently turn the model's ids into the wrong text.
-2. The conversation is a list of messages rendered with bpe.py's chat format, ending with
-   <|assistant|>. The whole context is passed to model.generate on every turn, with one KV cache
+2. The conversation is kept both as messages and as the token ids the model actually saw and
+   produced, in bpe.py's chat format, ending with <|assistant|>. A new turn appends the rendering
+   of just that turn to those ids (the answers are not re-encoded from their text: a sampled answer
+   is often not the canonical BPE encoding of what it decodes to, and re-encoding it would change
+   the context). The whole context is passed to model.generate on every turn, with one KV cache
    that lives for the whole session: generate keeps the common prefix of what the cache holds and
    the new context, so only the new turn is prefilled (the course re-ran the whole history for
-   every single token). When the context would not leave room for an answer, the oldest turns are
+   every single token). The messages are rendered afresh only after /reset, /system or dropped turns. When the context would not leave room for an answer, the oldest turns are
    dropped (the system prompt stays) until half the room is free, with a notice: dropping changes
    the start of the context, so the cache is rebuilt, and halving makes that rare. A single
    over-long input is truncated.
@@ -204,6 +207,7 @@ class Session:
         self.cache = model.new_cache()
         self.system = ""
         self.messages = []
+        self.ids = None  # the conversation's ids as the model saw them (None: render self.messages)
         self.show_speed = args.show_speed
         self.stop_ids = set(tok.special_tokens.values())  # <|end|>, <|endoftext|>, or a new turn
         self.set_system(args.system)
@@ -218,9 +222,11 @@ class Session:
         self.messages = [m for m in self.messages if m["role"] != "system"]
         if text:
             self.messages.insert(0, {"role": "system", "content": text})
+        self.ids = None  # the start of the context changed
 
     def reset(self):
         self.messages = self.messages[:1] if self.system else []
+        self.ids = None
         self.cache.reset()
 
     def input_limit(self):
@@ -236,8 +242,10 @@ class Session:
         text = truncate_tokens(self.tok, text, self.input_limit())
         if not self.chat_mode:  # completion: the line alone, as the start of a document
             return [self.tok.eot_id] + self.tok.encode_ordinary(text)
+        sp = self.tok.special_tokens  # this turn exactly as render_for_completion renders it
+        turn = [sp["<|user|>"]] + self.tok.encode_ordinary(text) + [sp["<|end|>"], sp["<|assistant|>"]]
         self.messages.append({"role": "user", "content": text})
-        ids = self.tok.render_for_completion(self.messages)
+        ids = self.ids + turn if self.ids is not None else self.tok.render_for_completion(self.messages)
         if len(ids) + self.reserve > self.block_size:
             # Forget the oldest exchanges until the history fills at most half of what is left for it:
             # a change at the start of the context invalidates the whole cache, so it is done rarely.
@@ -248,6 +256,7 @@ class Session:
                 ids = self.tok.render_for_completion(self.messages)
             note(f"[context full ({self.block_size} tokens): forgot the oldest {dropped} "
                  f"exchange{'s' * (dropped > 1)}]")
+        self.ids = ids[:-len(turn)]  # the conversation before this turn (kept if it gets no answer)
         return ids
 
     # --- 3. one streamed answer ---------------------------------------------------------------------
@@ -292,8 +301,9 @@ class Session:
                  f"{cached} from the cache]")
         reply = self.tok.decode(tokens)
         if self.chat_mode:
-            if reply:
+            if reply:  # the ids as generated, not re-encoded from reply: the cache holds these
                 self.messages.append({"role": "assistant", "content": reply})
+                self.ids = ids + tokens + [self.tok.special_tokens["<|end|>"]]
             else:  # an empty message cannot be rendered: forget the unanswered turn
                 self.messages.pop()
         return reply

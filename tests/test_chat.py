@@ -313,3 +313,34 @@ def test_bad_checkpoints_give_clear_messages(work, monkeypatch, tmp_path):
     assert chat_main(monkeypatch, tmp_path, "--ckpt", "junk.pt").startswith(
         "chat.py: cannot load junk.pt: junk.pt is not a readable checkpoint")
     assert chat_main(monkeypatch, work, "--ckpt", "out/chat", "--prompt", "  ") == "chat.py: --prompt is empty"
+
+
+def test_next_turn_prefills_only_itself_when_the_answer_is_not_canonical_bpe(monkeypatch):
+    """A sampled answer is often not the canonical encoding of its text (here: "salam" as 5 single
+    bytes). The next turn must continue the ids the model produced, which the cache holds, instead of
+    re-encoding the answer's text: else the whole answer would be prefilled again."""
+    import chat
+    import model as model_py
+    tok = Tokenizer.train([" ".join(WORDS), ANSWER] * 5, 256 + 5 + 30)
+    end = tok.special_tokens["<|end|>"]
+    as_bytes = list(b"salam")  # the trained tokenizer keeps byte ids 0-255 in byte order
+    assert tok.decode(as_bytes) == "salam" and tok.encode_ordinary("salam") != as_bytes
+    forced = iter(as_bytes + [end] + tok.encode_ordinary("labas") + [end])
+    monkeypatch.setattr(model_py, "sample", lambda *a, **k: next(forced))  # generate's choice of token
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    session = chat.Session(gpt.eval(), tok, True, chat.parse_args(["--max_new_tokens", "16"]))
+    out = io.StringIO()
+    assert session.answer("salam kidayr", out=out) == "salam"
+    ids1 = tok.render_for_completion([{"role": "user", "content": "salam kidayr"}])
+    assert session.answer("wach nta mzyan", out=out) == "labas"
+    turn = [tok.special_tokens["<|user|>"]] + tok.encode_ordinary("wach nta mzyan") + \
+        [end, tok.special_tokens["<|assistant|>"]]
+    cached = len(ids1) + len(as_bytes)  # the first turn and the answer's ids as generated (not its <|end|>)
+    assert (session.stats["prompt"], session.stats["cached"]) == (cached + 1 + len(turn), cached)
+    assert session.cache.tokens[:cached + 1 + len(turn)] == ids1 + as_bytes + [end] + turn
+    assert [m["content"] for m in session.messages] == ["salam kidayr", "salam", "wach nta mzyan", "labas"]
+    assert session.ids == ids1 + as_bytes + [end] + turn + tok.encode_ordinary("labas") + [end]
+    session.reset()  # a new conversation is rendered from its messages again
+    forced = iter([end])
+    assert session.answer("salam kidayr", out=out) == "" and session.messages == [] and session.ids == ids1[:1]
