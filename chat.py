@@ -18,10 +18,11 @@ What happens, top to bottom, and why:
    the context). The whole context is passed to model.generate on every turn, with one KV cache
    that lives for the whole session: generate keeps the common prefix of what the cache holds and
    the new context, so only the new turn is prefilled (the course re-ran the whole history for
-   every single token). The messages are rendered afresh only after /reset, /system or dropped turns. When the context would not leave room for an answer, the oldest turns are
-   dropped (the system prompt stays) until half the room is free, with a notice: dropping changes
-   the start of the context, so the cache is rebuilt, and halving makes that rare. A single
-   over-long input is truncated.
+   every single token). The messages are rendered afresh only after /reset, /system or dropped
+   turns. When the context would not leave room for an answer, the oldest turns are dropped (the
+   system prompt stays) until half the room is free, with a notice: dropping changes the start of
+   the context, so the cache is rebuilt, and halving makes that rare. A single over-long input is
+   truncated.
 3. Tokens are printed as they come through bpe.py's stream decoder, which holds back a UTF-8
    character split across byte-level tokens until it is whole (no U+FFFD in Arabic answers).
    An answer stops at <|end|> (or any special token), at --max_new_tokens, or on Ctrl-C.
