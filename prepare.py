@@ -137,29 +137,26 @@ def fetch(url, dest):
     if os.path.exists(dest):
         return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = dest + ".part"
+    part, label = dest + ".part", os.path.basename(dest)
     for _ in range(3):
         have = os.path.getsize(part) if os.path.exists(part) else 0
         with http_open(url, {"Range": f"bytes={have}-"} if have else None) as r:
-            if r.status != 206:  # the server sent the whole file: start over
-                have = 0
+            have = have if r.status == 206 else 0  # 200: the server sent the whole file, start over
             size = int(r.headers.get("Content-Length") or 0)  # 0: unknown
             total, t0, done = have + size if size else 0, time.time(), have
             try:
                 with open(part, "ab" if have else "wb") as f:
                     while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        done += len(chunk)
-                        show(os.path.basename(dest), done, total, t0)
+                        done += f.write(chunk)
+                        show(label, done, total, t0)
                 complete = not total or done == total
             except (OSError, HTTPException):
                 complete = False
-        if not complete:
-            print(f"  download cut off at {done / 1e6:.2f} MB; resuming", flush=True)
-            continue
-        show(os.path.basename(dest), done, total, t0, final=True)
-        os.replace(part, dest)
-        return dest
+        if complete:
+            show(label, done, total, t0, final=True)
+            os.replace(part, dest)
+            return dest
+        print(f"  download cut off at {done / 1e6:.2f} MB; resuming", flush=True)
     fail(f"downloading {url} failed 3 times; run again to resume from the {part} kept so far")
 
 
@@ -208,33 +205,30 @@ def local_files(path):
 
 def lines_of(path, stats):
     """(line number, text) of a file, decoding UTF-8 line by line under the bad_bytes policy."""
-    offset = 0
     with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 if bad_bytes == "error":
-                    fail(f"{path}: invalid UTF-8 at byte offset {offset + e.start} (line {n}); convert "
+                    fail(f"{path}: invalid UTF-8 at byte offset {f.tell() - len(raw) + e.start} (line {n}); convert "
                          "the file to UTF-8, or set --bad_bytes=replace (U+FFFD) or --bad_bytes=skip")
                 stats["bad_utf8_lines"] += 1
-                line = None if bad_bytes == "skip" else raw.decode("utf-8", "replace")
-            offset += len(raw)
-            if line is not None:
-                yield n, line
+                if bad_bytes == "skip":
+                    continue
+                line = raw.decode("utf-8", "replace")
+            yield n, line
 
 
 def read_file(path, src, stats):
     """Yield the documents (raw strings) of one file, whatever its format."""
     field, ext = src.get("text_field", "text"), os.path.splitext(path.removesuffix(".gz"))[1]
+    lines = (line for _, line in lines_of(path, stats))  # lazy: opens the file only when read
     if ext == ".txt":  # a document per line, or per block of lines between blank lines
-        block = []
-        for _, line in itertools.chain(lines_of(path, stats), [(0, "\n")]):
-            if line.strip():
-                block.append(line)
-            if block and (not line.strip() or src.get("txt_docs", "line") == "line"):
-                yield "".join(block)
-                block = []
+        if src.get("txt_docs", "line") == "line":
+            yield from (line for line in lines if line.strip())
+        else:
+            yield from ("".join(b) for blank, b in itertools.groupby(lines, lambda t: not t.strip()) if not blank)
         return
     if ext == ".parquet":
         try:
@@ -249,19 +243,18 @@ def read_file(path, src, stats):
         return
     # .jsonl / .json (JSON lines, or one JSON array) and .csv: records with a text field
     if ext == ".csv":
-        records = csv.DictReader(line for _, line in lines_of(path, stats))
+        records = csv.DictReader(lines)
         if field not in (records.fieldnames or []):
             fail(f"{path}: no column '{field}'; columns: {', '.join(records.fieldnames or [])} (set text_field)")
         numbered = ((records.line_num, r) for r in records)
     elif ext == ".json":  # one JSON array of records, or JSON lines under a .json name
-        whole = "".join(line for _, line in lines_of(path, stats))
+        whole = "".join(lines)
         numbered = (enumerate(parse_json(whole) or [None], 1) if whole.lstrip().startswith("[")
                     else ((n, parse_json(line)) for n, line in enumerate(whole.splitlines(), 1) if line.strip()))
     else:
         numbered = ((n, parse_json(line)) for n, line in lines_of(path, stats) if line.strip())
     total, bad, first_bad = 0, 0, None
-    for n, rec in numbered:
-        total += 1
+    for total, (n, rec) in enumerate(numbered, 1):
         text = rec.get(field) if isinstance(rec, dict) else None
         if total == 1 and isinstance(rec, dict) and field not in rec:
             fail(f"{path}: no field '{field}' in the first record (line {n}); fields there: "
@@ -312,7 +305,7 @@ def plan(srcs):
 
 def read_sources(planned, stats):
     """Yield (source index, raw document), downloading hub files only as far as max_chars needs."""
-    for i, (name, src, files) in enumerate(planned):
+    for i, (_, src, files) in enumerate(planned):
         chars, cap = 0, src.get("max_chars") or float("inf")
         for url, path in files:
             if chars >= cap:
@@ -371,8 +364,7 @@ def clean(text, report):
 
 def collect(planned, work):
     """Read, clean and write every document to work/docs.txt; return per-document arrays."""
-    stats = [Counter() for _ in planned]
-    report, secs = Counter(), Counter()
+    stats, report, secs = [Counter() for _ in planned], Counter(), Counter()
     lengths, hashes, source = array.array("I"), array.array("Q"), array.array("B")  # compact: 13 B/doc
     t0, read, clock = time.time(), 0, time.perf_counter
     with open(os.path.join(work, "docs.txt"), "wb") as out:
@@ -397,10 +389,9 @@ def collect(planned, work):
             secs["dedup"] += clock() - t
     show("reading and cleaning", read, 0, t0, unit="M chars", final=True)
     lengths, hashes, source = (np.frombuffer(a, t) for a, t in ((lengths, np.uint32), (hashes, np.uint64), (source, np.uint8)))
-    t = clock()
-    keep = np.ones(len(hashes), bool)
+    t, keep = clock(), np.full(len(hashes), not dedup)
     if dedup:  # keep the first occurrence of each hash; in 16 parts by the hash's top bits, because
-        keep[:] = False  # np.unique needs ~45 bytes per element of scratch memory
+        # np.unique needs ~45 bytes per element of scratch memory
         part = np.concatenate([(hashes[i:i + (1 << 20)] >> np.uint64(60)).astype(np.uint8)
                                for i in range(0, len(hashes), 1 << 20)] or [np.zeros(0, np.uint8)])
         for b in range(16):
@@ -476,8 +467,8 @@ def encode(work, lengths, keep, val, tok):
     """Stream every kept document into train.bin or val.bin, encoding batches on all threads."""
     enc, eot = tok.to_tiktoken(), tok.eot_id
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    counts = {s: dict(docs=int((keep & (val == (s == "val"))).sum()), tokens=0,
-                      bytes=int(lengths[keep & (val == (s == "val"))].sum())) for s in ("train", "val")}
+    counts = {s: dict(docs=int(m.sum()), tokens=0, bytes=int(lengths[m].sum()))
+              for s, m in (("train", keep & ~val), ("val", keep & val))}
     threads = num_threads or os.cpu_count()
     t0, done, total = time.time(), 0, counts["train"]["bytes"] + counts["val"]["bytes"]
     batches = docs_from(work, lengths, keep, batch_bytes=1 << 20)
