@@ -85,11 +85,8 @@ metric_items = 100                  # held-out items per task; 0 skips the metri
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-
-
 def fail(msg):
     raise SystemExit(f"sft.py: {msg}")
-
 
 from configurator import ConfigError, configure  # noqa: E402
 try:
@@ -124,7 +121,6 @@ def load_base(path):
         fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
     return ckpt, tok, tok_path, sha
 
-
 ckpt, tok, tok_path, tok_sha = load_base(init_from)
 
 
@@ -149,23 +145,19 @@ TEMPLATES = {
                ("ar", "كيفاش نقولو \"{x}\" بالدارجة؟", "ar")],
     "lat2ar": [("en", "Write this in Arabic script: {x}", None),
                ("en", "Transliterate this Arabizi into Arabic letters: {x}", None),
-               ("lat", "ktb liya hadi b l7orof l3arbiya: {x}", None),
-               ("ar", "كتب هادشي بالحروف العربية: {x}", None)],
+               ("lat", "ktb liya hadi b l7orof l3arbiya: {x}", None), ("ar", "كتب هادشي بالحروف العربية: {x}", None)],
     "ar2lat": [("en", "Write this in Latin letters (Arabizi): {x}", None),
                ("en", "How would you type this in Arabizi? {x}", None),
-               ("lat", "ktbha b l7orof latiniya: {x}", None),
-               ("ar", "كتب هادي بالحروف اللاتينية: {x}", None)],
+               ("lat", "ktbha b l7orof latiniya: {x}", None), ("ar", "كتب هادي بالحروف اللاتينية: {x}", None)],
 }
 TASK_FIELDS = {"dar2en": ("darija", "english"), "en2dar": ("english", "darija"),
                "lat2ar": ("latin", "arabic"), "ar2lat": ("arabic", "latin")}
 if set(tasks) - set(TEMPLATES):
     fail(f"unknown tasks {sorted(set(tasks) - set(TEMPLATES))}; choose among {', '.join(TEMPLATES)}")
 
-
 def norm(text):
     """The key used for dedup and grouping: NFKC, case-folded, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
 
 def read_rows(path):
     """Yield (line number, row dict) from a JSONL or CSV file; unreadable lines are ValueErrors."""
@@ -174,8 +166,7 @@ def read_rows(path):
     with open(path, encoding="utf-8", newline="") as f:
         if path.endswith(".csv"):
             reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, row
+            yield from ((reader.line_num, row) for row in reader)
             return
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -183,10 +174,8 @@ def read_rows(path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield n, ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            yield n, row if isinstance(row, dict) else ValueError("expected a JSON object")
-
+                row = ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+            yield n, row if isinstance(row, (dict, ValueError)) else ValueError("expected a JSON object")
 
 def read_source(src, tok):
     """Validated items of one source: conversations, or dicts of {latin, arabic, english} text."""
@@ -218,22 +207,20 @@ def read_source(src, tok):
                 items.append(dict(texts, origin=f"{path}:{n}"))
         except ValueError as e:
             bad.append(f"{path} line {n}: {e}")
-    if bad and len(bad) > max_bad_fraction * rows:
+    if len(bad) > max_bad_fraction * rows:
         more = f" (and {len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
         raise ValueError(f"{bad[0]}{more}; fix the file, or allow a share of bad rows with --max_bad_fraction")
     for b in bad[:5]:
         print(f"  skipped {b}")
     return items, len(bad)
 
-
 def pair_examples(item, rng):
     """Instruction examples made from one parallel item, for every task it has both sides of."""
     out = []
     for task in tasks:
         for lang, template, script in rng.sample(TEMPLATES[task], len(TEMPLATES[task])):
-            side = {"latin": item.get("latin"), "arabic": item.get("arabic"), "english": item.get("english"),
-                    "darija": item.get({"lat": "latin", "ar": "arabic"}.get(script, ""))}
-            x, y = (side[f] for f in TASK_FIELDS[task])
+            darija = {"lat": "latin", "ar": "arabic"}.get(script)  # the Darija side is in the template's script
+            x, y = (item.get(darija if f == "darija" else f) for f in TASK_FIELDS[task])
             if x and y:
                 break
         else:
@@ -243,7 +230,6 @@ def pair_examples(item, rng):
             messages.insert(0, {"role": "system", "content": system_prompt})
         out.append(dict(messages=messages, task=task, input=x, origin=item["origin"]))
     return out
-
 
 def group_items(items):
     """Union-find: items sharing any normalised sentence (in any field) end up in one group."""
@@ -259,37 +245,31 @@ def group_items(items):
             parent[root(i)] = root(owner.setdefault(key, i))
     return [root(i) for i in range(len(items))]
 
-
 def item_keys(item):
     if "messages" in item:
         return [json.dumps([norm(m["content"]) for m in item["messages"]], ensure_ascii=False)]
     return [f"{k}:{norm(item[k])}" for k in ("latin", "arabic", "english") if k in item]
-
 
 def in_val(key):
     """A stable split decision from a hash, independent of file order and of the other items."""
     h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big")
     return h / 2**64 < val_fraction
 
-
 def build_dataset(data_dir, tok, tok_path, tok_sha):
-    items, report = [], {"sources": []}
-    seen = set()
+    items, report, seen = [], [], set()
     for src in sources:
         got, nbad = read_source(src, tok)
         fresh = [it for it in got if (k := tuple(item_keys(it))) not in seen and not seen.add(k)]
-        report["sources"].append(dict(path=src["path"], kind=src["kind"], items=len(fresh),
-                                      duplicates=len(got) - len(fresh), bad_rows=nbad))
+        report.append(dict(path=src["path"], kind=src["kind"], items=len(fresh),
+                           duplicates=len(got) - len(fresh), bad_rows=nbad))
         items += fresh
     groups = group_items(items)
-    first_key = {}
-    for i, g in enumerate(groups):
-        first_key.setdefault(g, min(item_keys(items[g])))
+    val_groups = {g for g in set(groups) if in_val(min(item_keys(items[g])))}
     splits, seen_examples = {"train": [], "val": []}, set()
-    for i, item in enumerate(items):
+    for item, group in zip(items, groups):
         rng = random.Random(f"{seed}:{item['origin']}")  # phrasing fixed per item, whatever the order
         examples = pair_examples(item, rng) if "messages" not in item else [dict(item, task="chat")]
-        split = "val" if in_val(first_key[groups[i]]) else "train"
+        split = "val" if group in val_groups else "train"
         for ex in examples:
             key = json.dumps([ex["task"]] + [norm(m["content"]) for m in ex["messages"] if m["role"] != "system"])
             if key not in seen_examples:
@@ -298,28 +278,24 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
     for split in splits.values():
         random.Random(seed).shuffle(split)
     stats = dict(tokenizer=tok_path, tokenizer_sha256=tok_sha, seed=seed, val_fraction=val_fraction,
-                 items=len(items), groups=len(set(groups)), **report)
+                 items=len(items), groups=len(set(groups)), sources=report)
+    os.makedirs(data_dir, exist_ok=True)
     for name, examples in splits.items():
-        lengths = [tok.render_conversation(ex["messages"]) for ex in examples]
-        tokens = sum(len(ids) for ids, _ in lengths)
-        answer = sum(sum(mask) for _, mask in lengths)
+        masks = [tok.render_conversation(ex["messages"])[1] for ex in examples]
+        tokens, answer = sum(map(len, masks)), sum(map(sum, masks))
         stats[name] = dict(examples=len(examples), tokens=tokens, assistant_tokens=answer,
                            assistant_share=round(answer / max(tokens, 1), 4),
                            tasks=dict(sorted(Counter(ex["task"] for ex in examples).items())))
-    os.makedirs(data_dir, exist_ok=True)
-    for name, examples in splits.items():
         write_atomic(os.path.join(data_dir, f"{name}.jsonl"),
                      "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
     write_atomic(os.path.join(data_dir, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False))
     return stats
-
 
 def write_atomic(path, text):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
-
 
 def print_stats(stats):
     for s in stats["sources"]:
@@ -328,12 +304,6 @@ def print_stats(stats):
     for name, s in ((n, stats[n]) for n in ("train", "val")):
         print(f"  {name}: {s['examples']:,} examples, {s['tokens']:,} tokens, assistant share "
               f"{s['assistant_share']:.1%} ({', '.join(f'{t} {n:,}' for t, n in s['tasks'].items())})")
-
-
-def read_examples(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
 
 sft_dataset = sft_dataset or os.path.basename(os.path.normpath(init_from if os.path.isdir(init_from)
                                                                else os.path.dirname(init_from)))
@@ -347,14 +317,13 @@ if not os.path.isfile(stats_path) or (build_only and force):
     except ValueError as e:
         fail(str(e))
     print(f"built in {time.time() - t0:.1f}s:")
-    print_stats(stats)
 else:
     with open(stats_path, encoding="utf-8") as f:
         stats = json.load(f)
     if build_only:
         fail(f"{data_dir}/ already exists; add --force to rebuild it")
     print(f"using the SFT dataset in {data_dir}/ (delete it or run --build_only --force to rebuild)")
-    print_stats(stats)
+print_stats(stats)
 if stats["tokenizer_sha256"] != tok_sha:
     fail(f"{data_dir}/ was built with tokenizer {stats['tokenizer']} (sha256 {stats['tokenizer_sha256'][:12]}), "
          f"but {init_from} uses {tok_path} (sha256 {tok_sha[:12]}): rebuild it with --build_only --force "
@@ -366,20 +335,17 @@ if build_only:
 # --- 3. encoding and packing ---------------------------------------------------------------------
 
 def encode(examples, limit):
-    """(ids, mask) per example. A chat too long for the context keeps the leading turns that fit."""
-    out, dropped = [], 0
+    """(ids, mask) per example. A chat too long for the context keeps the leading turns that fit, if any."""
+    out = []
     for ex in examples:
         msgs = ex["messages"]
         ids, mask = tok.render_conversation(msgs)
         while len(ids) > limit and sum(m["role"] == "assistant" for m in msgs) > 1:
             msgs = msgs[:-2]  # drop the last user/assistant exchange
             ids, mask = tok.render_conversation(msgs)
-        if len(ids) > limit:
-            dropped += 1
-            continue
-        out.append((ids, mask))
-    return out, dropped
-
+        if len(ids) <= limit:
+            out.append((ids, mask))
+    return out
 
 def pack(encoded, T, rng=None):
     """Whole conversations packed into rows of T+1 tokens -> inputs (N, T), targets (N, T).
@@ -389,15 +355,13 @@ def pack(encoded, T, rng=None):
     order = list(range(len(encoded)))
     if rng is not None:
         rng.shuffle(order)
-    rows, row_ids, row_mask = [], [], []
+    rows = [([], [])]  # (ids, mask) per row; the first conversation always fits (encode's limit)
     for i in order:
         ids, mask = encoded[i]
-        if len(row_ids) + len(ids) > T + 1:
-            rows.append((row_ids, row_mask))
-            row_ids, row_mask = [], []
-        row_ids, row_mask = row_ids + ids, row_mask + mask
-    if row_ids:
-        rows.append((row_ids, row_mask))
+        if len(rows[-1][0]) + len(ids) > T + 1:
+            rows.append(([], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(mask)
     x = torch.tensor([ids + [tok.eot_id] * (T + 1 - len(ids)) for ids, _ in rows])
     m = torch.tensor([mask + [0] * (T + 1 - len(mask)) for _, mask in rows], dtype=torch.bool)
     return x[:, :-1], torch.where(m[:, 1:], x[:, 1:], -1)
@@ -417,14 +381,17 @@ T = block_size or ckpt["model_config"]["block_size"]
 if T > ckpt["model_config"]["block_size"]:
     fail(f"block_size {T} is longer than the checkpoint's context ({ckpt['model_config']['block_size']})")
 
-train_enc, train_dropped = encode(read_examples(os.path.join(data_dir, "train.jsonl")), T + 1)
-val_enc, val_dropped = encode(read_examples(os.path.join(data_dir, "val.jsonl")), T + 1)
+examples = {}
+for split in ("train", "val"):
+    with open(os.path.join(data_dir, f"{split}.jsonl"), encoding="utf-8") as f:
+        examples[split] = [json.loads(line) for line in f]
+train_enc, val_enc = encode(examples["train"], T + 1), encode(examples["val"], T + 1)
 if not train_enc or not val_enc:
     fail(f"{data_dir}/ has no usable {'train' if not train_enc else 'val'} examples "
          f"(too few sources, or every example longer than {T} tokens)")
-val_x, val_y = pack(val_enc, T)
-val_x, val_y = val_x[:eval_iters * batch_size], val_y[:eval_iters * batch_size]
-print(f"{len(train_enc):,} train / {len(val_enc):,} val conversations ({train_dropped + val_dropped} longer "
+val_x, val_y = (t[:eval_iters * batch_size] for t in pack(val_enc, T))
+dropped = len(examples["train"]) + len(examples["val"]) - len(train_enc) - len(val_enc)
+print(f"{len(train_enc):,} train / {len(val_enc):,} val conversations ({dropped} longer "
       f"than {T} tokens dropped); val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
 
 state = load_checkpoint(os.path.join(out_dir, "last.pt")) if resume else ckpt
@@ -438,14 +405,12 @@ if resume:
     print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f})")
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
-
 def lr_at(it):
     """Linear warmup, then cosine decay to min_lr at max_iters."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / warmup_iters
     progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-
 
 @torch.no_grad()
 def evaluate():
@@ -462,44 +427,34 @@ def evaluate():
     model.train()
     return total / count
 
-
-STOP = set(tok.special_tokens.values())  # <|end|> ends an answer; any other special token is a derailment
-
-
 def generate_text(m, ids, first_line=False):
-    """Greedy continuation of `ids` up to a special token (or a newline when first_line)."""
-    out, room = [], min(max_new_tokens, m.config.block_size - len(ids))
+    """Greedy continuation of `ids` up to a special token (<|end|>, or a derailment) or, if first_line, a newline."""
+    out, room, stop = [], min(max_new_tokens, m.config.block_size - len(ids)), set(tok.special_tokens.values())
     for t in (m.generate(ids, room, temperature=0) if room > 0 else ()):
-        if t in STOP or (first_line and "\n" in tok.decode(out)):
+        if t in stop or (first_line and "\n" in tok.decode(out)):
             break
         out.append(t)
     text = tok.decode(out)
     return (text.split("\n")[0] if first_line else text).strip()
 
-
 def answer(m, messages):
     return generate_text(m, tok.render_for_completion(messages))
 
-
 def checkpoint(path, with_optimizer):
     save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
-                    tokenizer=tok_path, tokenizer_sha256=tok_sha,
-                    optimizer=optimizer if with_optimizer else None)
-
+                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
 
 rng = random.Random(seed + step)
 train_x, train_y = pack(train_enc, T, rng)
-row, bad_evals = 0, 0
-t0, tokens_seen = time.time(), 0
+row, bad_evals, t0, tokens_seen = 0, 0, time.time(), 0
 while True:
     if step % eval_interval == 0 or step == max_iters:
         val = evaluate()
         improved = val < best_val
+        bad_evals = 0 if improved else bad_evals + 1
         if improved:
-            best_val, best_step, bad_evals = val, step, 0
+            best_val, best_step = val, step
             checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)
-        else:
-            bad_evals += 1
         checkpoint(os.path.join(out_dir, "last.pt"), with_optimizer=True)
         print(f"step {step}: val loss {val:.4f} (assistant tokens){' *best, saved' if improved else ''}")
         for prompt in sample_prompts:
@@ -511,8 +466,7 @@ while True:
         if step >= max_iters:
             break
     if row + batch_size > len(train_x):  # a new epoch: reshuffle and repack
-        train_x, train_y = pack(train_enc, T, rng)
-        row = 0
+        (train_x, train_y), row = pack(train_enc, T, rng), 0
     x, y = train_x[row:row + batch_size].to(device), train_y[row:row + batch_size].to(device)
     row += batch_size
     for group in optimizer.param_groups:
@@ -524,8 +478,7 @@ while True:
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    step += 1
-    tokens_seen += x.numel()
+    step, tokens_seen = step + 1, tokens_seen + x.numel()
     if step % log_interval == 0:
         elapsed = time.time() - t0
         eta = elapsed / tokens_seen * x.numel() * (max_iters - step)
@@ -549,41 +502,33 @@ def chrf(hyps, refs, order=6, beta=2.0):
             stats[n - 1][1] += sum(r.values())
             stats[n - 1][2] += sum((h & r).values())
     used = [(m / h, m / r) for h, r, m in stats if h and r]
-    if not used:
-        return 0.0
-    p, r = sum(u[0] for u in used) / len(used), sum(u[1] for u in used) / len(used)
+    p, r = (sum(u[k] for u in used) / len(used) if used else 0.0 for k in (0, 1))
     return 100 * (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
-
 
 FEW_SHOT = {"lat2ar": ("Arabizi", "Arabic"), "dar2en": ("Darija", "English")}
 
-
-def task_scores(m, examples, shots, chat):
+def task_scores(m, chat):
     """chrF per task: the chat model answers the held-out request as phrased; the base model
     continues a few-shot plain-text prompt ("Arabizi: ...\\nArabic: ...") up to the newline."""
     scores = {}
     for task, (a, b) in FEW_SHOT.items():
-        items = [ex for ex in examples if ex["task"] == task][:metric_items]
+        items = [ex for ex in examples["val"] if ex["task"] == task][:metric_items]
         if not items:
             continue
-        prefix = "".join(f"{a}: {s['input']}\n{b}: {s['messages'][-1]['content']}\n\n" for s in shots[task])
+        shots = [ex for ex in examples["train"] if ex["task"] == task and len(ex["input"]) < 60][:few_shot]
+        prefix = "".join(f"{a}: {s['input']}\n{b}: {s['messages'][-1]['content']}\n\n" for s in shots)
         hyps = [answer(m, ex["messages"][:-1]) if chat else
                 generate_text(m, [tok.eot_id] + tok.encode_ordinary(f"{prefix}{a}: {ex['input']}\n{b}:"), True)
                 for ex in items]
-        scores[task] = dict(items=len(items), chrf=round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2),
-                            example=dict(input=items[0]["input"], output=hyps[0]))
+        score = round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2)
+        scores[task] = dict(items=len(items), chrf=score, example=dict(input=items[0]["input"], output=hyps[0]))
         print(f"  {'sft' if chat else 'base'} {task}: chrF {scores[task]['chrf']:.1f} on {len(items)} items")
     return scores
 
-
 if metric_items:
-    train_examples = read_examples(os.path.join(data_dir, "train.jsonl"))
-    val_examples = read_examples(os.path.join(data_dir, "val.jsonl"))
-    shots = {t: [ex for ex in train_examples if ex["task"] == t and len(ex["input"]) < 60][:few_shot] for t in FEW_SHOT}
     print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task")
-    base = task_scores(model_from_checkpoint(ckpt).to(device), val_examples, shots, chat=False)
-    tuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device),
-                        val_examples, shots, chat=True)
+    base = task_scores(model_from_checkpoint(ckpt).to(device), chat=False)
+    tuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device), chat=True)
     print(f"{'task':8} {'items':>5} {'base (few-shot)':>16} {'sft':>7}")
     for task in tuned:
         print(f"{task:8} {tuned[task]['items']:5d} {base[task]['chrf']:16.1f} {tuned[task]['chrf']:7.1f}")
