@@ -9,7 +9,7 @@ val_fraction = 0.01
 tokenizer_train_bytes = 50_000_000
 
 # --- model and training (pretrain.py) ---
-# About 98M parameters (12 layers x 768, 12 heads, SwiGLU, context 1024, vocab
+# About 98M parameters (12 layers x 768, 12 heads, ReLU² MLP, context 1024, vocab
 # 16,384 tied): a real GPU run. 524k tokens per step (16 x 1024 x 32 accumulation steps, split across
 # the GPUs: keep grad_accum_steps a multiple of their number), 3,000 steps = 1.6B tokens.
 # Expected time: about 0.64 GFLOP per token for training, so at 40% MFU one H100 (989 TFLOP/s bf16)
@@ -21,7 +21,7 @@ n_head = 12
 n_kv_head = 12
 n_embd = 768
 block_size = 1024
-mlp = "swiglu"
+mlp = "relu2"
 dropout = 0.0
 batch_size = 16
 grad_accum_steps = 32
