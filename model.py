@@ -6,8 +6,10 @@ Architecture (each choice and why):
 - token embedding, optionally tied to the output head (tie_embeddings): tying saves
   vocab_size x n_embd parameters, which is most of a small model's budget.
 - rotary position embeddings (RoPE) instead of learned positions: relative positions, no
-  position table, and a KV cache that stays valid as the context grows.
-- RMSNorm pre-norm with no learnable gain (nanochat): cheaper than LayerNorm, no biases.
+  position table, and a KV cache that stays valid as the context grows. Angles are computed on
+  the fly in float32; eager mode rotates with one complex multiply, torch.compile the real form.
+- RMSNorm pre-norm with no learnable gain (nanochat): no mean and no parameters (on GPU, fused by
+  torch.compile; on CPU it lacks LayerNorm's native kernel and costs a little more).
 - MLP: "swiglu" (Llama: silu(x W_gate) * (x W_fc), hidden 8/3 n_embd so the parameter count
   matches a 4x MLP) or "relu2" (relu(x W_fc)^2, hidden 4 n_embd: Primer / modded-nanoGPT).
 - grouped-query attention when n_kv_head < n_head: a smaller KV cache for generation.
