@@ -56,7 +56,15 @@ def _calls_configure(node):
 
 
 def configure(scope, argv=None, also_from=()):
-    """Apply config files and --key=value overrides from argv to `scope` (a script's globals)."""
+    """Apply config files and --key=value overrides from argv to `scope` (a script's globals).
+    A mistake ends the script with its message (no traceback: the user's input was wrong, not the code)."""
+    try:
+        return _configure(scope, argv, also_from)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+
+
+def _configure(scope, argv, also_from):
     argv = sys.argv[1:] if argv is None else argv
     script = scope.get("__file__") or sys.argv[0]
     own = [n for n in setting_names(script) if n in scope]

@@ -56,6 +56,7 @@ def test_unknown_key_on_command_line_names_closest(stage):
     r = run(stage, "--batch_sise=4")
     assert r.returncode != 0
     assert "unknown config key 'batch_sise' in the command line; did you mean 'batch_size'?" in r.stderr
+    assert "Traceback" not in r.stderr  # the user's mistake, not the code's: a message, no traceback
 
 
 def test_unknown_key_in_file_names_file_and_closest(stage, tmp_path):
