@@ -86,9 +86,8 @@ dtype = "auto"                  # "auto" (bf16 on CUDA when supported, else fp16
                                 # "bfloat16", "float16", "float32"
 compile = None                  # None: on for CUDA, off elsewhere
 
-from configurator import configure, setting_names  # noqa: E402
-configure(globals(), also_from=("prepare.py",))
-settings = {k: globals()[k] for k in setting_names(__file__)}  # saved in checkpoints
+from configurator import configure  # noqa: E402
+settings = configure(globals(), also_from=("prepare.py",))  # the final values, saved in checkpoints
 ROOT = os.path.dirname(os.path.abspath(__file__))
 out_dir = out_dir or os.path.join("out", dataset)
 for name, allowed in (("init_from", ("scratch", "resume")), ("lr_schedule", ("cosine", "wsd")),

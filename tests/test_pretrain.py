@@ -123,8 +123,8 @@ def pretrain_defaults():
     names = set(setting_names(path))
     scope = {"__file__": path}
     for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # configure(...): the end
-            break
+        if isinstance(node, (ast.Expr, ast.Assign)) and getattr(getattr(node.value, "func", None), "id", "") == "configure":
+            break  # settings = configure(...): the end of the settings
         if isinstance(node, ast.Assign) and node.targets[0].id in names:
             scope[node.targets[0].id] = ast.literal_eval(node.value)
     return scope
