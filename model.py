@@ -375,10 +375,15 @@ def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config
     }
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+    atomic_save(ckpt, path)
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file at path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -555,14 +560,7 @@ def save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, toke
                "config": _plain(config or {})}
     if not adapter["lora"]:
         raise ValueError("the model has no LoRA adapters to save: add_lora(model, ...) first")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(adapter, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(adapter, path)
 
 
 def load_adapter(path):
