@@ -13,8 +13,12 @@ What happens, in order (and why):
 2. The SFT dataset (data/sft/NAME/{train,val}.jsonl, written by sft.py) is built when missing by
    running `python sft.py <sft_config> --build_only` (stages never import each other).
 3. The adapters (model.py's add_lora: LoRALinear layers, A kaiming-uniform, B zero, update scaled
-   by alpha / r) go on the target layers; every other weight is frozen, so the optimizer holds
-   only the adapters: with r = 8 about 2% of the parameters, and no Adam state for the rest.
+   by alpha / r) go on the target layers, by default every linear layer of every block. The
+   embedding rows of the chat tokens (<|system|> <|user|> <|assistant|> <|end|>) are trained too
+   (chat_token_rows): a pre-trained base never saw them, and every answer must end by predicting
+   <|end|>; that is 4 x n_embd numbers, and it closes much of the gap to full SFT (README "LoRA").
+   Every other weight is frozen, so the optimizer holds only these: with r = 5 on darija_small,
+   1.8% of the parameters, and no Adam state for the rest.
 4. Training is sft.py's: whole conversations packed into rows, targets -1 except the assistant's
    tokens and their <|end|>, AdamW with warmup and cosine decay, the val assistant-token loss
    every eval_interval steps, the adapter saved when it improves, an early stop after `patience`
@@ -51,10 +55,11 @@ compare_to = "out/darija_sft"       # a full SFT run whose metrics.json is print
 force = False                       # overwrite an existing out_dir/adapter.pt
 merge = False                       # also write out_dir/best.pt: the base with the adapter merged in
 # the adapters
-rank = 8
-alpha = 16.0
-targets = ["c_q", "c_k", "c_v", "c_proj"]   # "c_proj" = attn.c_proj and mlp.c_proj (see model.py)
+rank = 5
+alpha = 10.0
+targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj": attn and mlp; add "c_gate" for swiglu)
 lora_dropout = 0.0
+chat_token_rows = True              # also train the embedding rows of the chat tokens (new to a pre-trained base)
 # training
 batch_size = 16
 block_size = 0                      # 0: the checkpoint's context length
@@ -203,11 +208,13 @@ autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type
 raw_model = model_from_checkpoint(ckpt).to(device)
 n_base = raw_model.num_params()
 try:
-    wrapped = add_lora(raw_model, rank, alpha, targets, lora_dropout)
+    token_ids = [tok.special_tokens[t] for t in ROLES_CHAT] if chat_token_rows else []
+    wrapped = add_lora(raw_model, rank, alpha, targets, lora_dropout, token_ids)
 except ValueError as e:
     fail(str(e))
 n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
-print(f"LoRA r={rank}, alpha={alpha:g} on {len(wrapped)} layers ({', '.join(sorted({w.split('.', 2)[-1] for w in wrapped}))}): "
+print(f"LoRA r={rank}, alpha={alpha:g} on {len(wrapped)} layers ({', '.join(sorted({w.split('.', 2)[-1] for w in wrapped}))})"
+      f"{f', plus the {len(token_ids)} chat tokens embedding rows' if token_ids else ''}: "
       f"{n_train:,} trainable parameters, {100 * n_train / n_base:.2f}% of the base's {n_base:,}")
 model = torch.compile(raw_model) if compile else raw_model
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)  # adapters only
@@ -275,7 +282,8 @@ while True:
         if improved:
             best_val, best_step, bad_evals = val, step, 0
             save_adapter(adapter_path, raw_model, base_path, base_sha, rank, alpha, targets,
-                         tokenizer=tok_path, tokenizer_sha256=tok_sha, config=dict(config, step=step, val_loss=val))
+                         tokenizer=tok_path, tokenizer_sha256=tok_sha, config=dict(config, step=step, val_loss=val),
+                         token_ids=token_ids)
         else:
             bad_evals += 1
         print(f"step {step}: val loss {val:.4f} (assistant tokens){' *best, adapter saved' if improved else ''}")
@@ -315,7 +323,7 @@ while True:
 if best_step == 0:
     print("note: val never improved on the base model's loss; adapter.pt holds the untrained (B = 0) adapter")
 metrics = dict(init_from=init_from, base=base_path, base_sha256=base_sha, sft_dataset=sft_dataset, seed=seed,
-               rank=rank, alpha=alpha, targets=targets, learning_rate=learning_rate,
+               rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), learning_rate=learning_rate,
                trainable_params=n_train, base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3),
                steps=step, best_step=best_step, best_val_loss=best_val, sec_per_step=round(train_time / max(step, 1), 4),
                peak_memory_mb=round(peak_memory_mb(), 1),

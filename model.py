@@ -440,6 +440,13 @@ def model_from_checkpoint(ckpt):
 # "c_proj" matches BOTH attn.c_proj and mlp.c_proj (every layer that writes into the residual
 # stream); write "attn.c_proj" or "mlp.c_proj" for one of them. A target matching nothing is an
 # error. Embeddings and lm_head stay frozen unless named ("lm_head" is refused when tied to wte).
+#
+# Token rows: the chat template's special tokens (<|user|>, <|assistant|>, <|end|>...) never occur in
+# pre-training, so their embedding rows are meaningless as inputs and, in the (tied) head, trained
+# only to be never predicted, yet every answer must end by predicting <|end|>. A frozen embedding
+# leaves the adapters to work around that. add_lora(..., token_ids=ids) therefore also trains those
+# few rows (TokenRows: n x n_embd numbers, shared by the embedding and a tied head), as PEFT's
+# trainable_token_indices does; every other row stays frozen.
 
 import hashlib  # noqa: E402  (only the adapter files need it)
 
@@ -487,17 +494,44 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
+class TokenRows(nn.Module):
+    """A frozen nn.Embedding (input) or nn.Linear (head) whose rows `token_ids` are replaced by the
+    trainable `rows`; a tied embedding and head share one `rows` parameter."""
+
+    def __init__(self, base, token_ids, rows):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long, device=rows.device),
+                             persistent=False)
+        self.rows = rows
+        self.merged = False
+
+    @property
+    def weight(self):
+        w = self.base.weight
+        return w if self.merged else w.index_copy(0, self.token_ids, self.rows.to(w.dtype))
+
+    def forward(self, x):
+        return F.embedding(x, self.weight) if isinstance(self.base, nn.Embedding) else F.linear(x, self.weight)
+
+    @torch.no_grad()
+    def merge(self):  # the base's own rows are lost: a merged model cannot be unmerged
+        self.base.weight[self.token_ids] = self.rows.to(self.base.weight.dtype)
+        self.merged = True
+
+
 def _short(name):
     """blocks.3.attn.c_q -> attn.c_q: the per-block name a target is written with."""
     parts = name.split(".")
     return ".".join(parts[2:]) if parts[0] == "blocks" else name
 
 
-def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0):
+def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0, token_ids=()):
     """Freeze every parameter, wrap the nn.Linear layers matching `targets` (see above) in
-    LoRALinear, and return the wrapped layers' names in model order."""
+    LoRALinear and, given token_ids, the embedding and head in TokenRows; return the names of
+    the layers given adapters, in model order."""
     model = unwrap(model)
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    if any(isinstance(m, (LoRALinear, TokenRows)) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
     model.requires_grad_(False)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -518,6 +552,16 @@ def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropou
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, LoRALinear(module, rank, alpha, dropout))
         wrapped.append(name)
+    if token_ids:
+        token_ids = sorted({int(t) for t in token_ids})
+        if not 0 <= token_ids[0] <= token_ids[-1] < model.config.vocab_size:
+            raise ValueError(f"token ids {token_ids} are not all in the vocabulary (0..{model.config.vocab_size - 1})")
+        tied = model.config.tie_embeddings
+        rows = nn.Parameter(model.wte.weight[token_ids].detach().clone())
+        model.wte = TokenRows(model.wte, token_ids, rows)
+        if not isinstance(model.lm_head, LoRALinear):
+            head_rows = rows if tied else nn.Parameter(model.lm_head.weight[token_ids].detach().clone())
+            model.lm_head = TokenRows(model.lm_head, token_ids, head_rows)
     return wrapped
 
 
@@ -526,7 +570,7 @@ def merge_lora(model):
     saves as a normal checkpoint (save_checkpoint(..., kind="lora_merged")). Returns the model."""
     model = unwrap(model)
     for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
+        if isinstance(module, (LoRALinear, TokenRows)):
             module.merge()
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, module.base)
@@ -534,8 +578,9 @@ def merge_lora(model):
 
 
 def lora_state_dict(model):
-    """Only the adapter weights, {"blocks.0.attn.c_q.lora_A": tensor, ...} (sharing storage with the model)."""
-    return {k: v for k, v in unwrap(model).state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+    """Only the adapter weights, {"blocks.0.attn.c_q.lora_A": tensor, ..., "wte.rows": tensor}
+    (sharing storage with the model; a tied head's "lm_head.rows" is the same tensor as "wte.rows")."""
+    return {k: v for k, v in unwrap(model).state_dict().items() if k.endswith((".lora_A", ".lora_B", ".rows"))}
 
 
 def sha256_of(path):
@@ -550,11 +595,12 @@ def sha256_of(path):
 
 
 def save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, tokenizer=None,
-                 tokenizer_sha256=None, config=None):
+                 tokenizer_sha256=None, config=None, token_ids=()):
     """Write the adapter alone (README "Adapter file") atomically: a temp file, then os.replace."""
     adapter = {"format": LORA_FORMAT, "version": 1,
                "lora": {k: v.cpu() for k, v in lora_state_dict(model).items()},
                "rank": int(rank), "alpha": float(alpha), "targets": [str(t) for t in targets],
+               "token_ids": sorted({int(t) for t in token_ids}),
                "base": str(base_path), "base_sha256": base_sha256,
                "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
                "config": _plain(config or {})}
@@ -590,7 +636,7 @@ def apply_adapter(model, adapter_path, base_sha256):
                          f"(sha {adapter['base_sha256'][:12]}), not on this checkpoint (sha {base_sha256[:12]}): "
                          f"load the base it was trained on")
     model = unwrap(model)
-    add_lora(model, adapter["rank"], adapter["alpha"], adapter["targets"])
+    add_lora(model, adapter["rank"], adapter["alpha"], adapter["targets"], token_ids=adapter.get("token_ids", ()))
     own = lora_state_dict(model)
     if set(own) != set(adapter["lora"]):
         raise ValueError(f"adapter {adapter_path} does not fit this model: its layers "

@@ -27,23 +27,26 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import add_lora, load_checkpoint, model_from_checkpoint, sha256_of  # noqa: E402
+from model import add_lora, load_adapter, load_checkpoint, model_from_checkpoint, sha256_of  # noqa: E402
 
 SFT_OUT, LORA_OUT = "out/bench_sft", "out/bench_lora"
 # sft.py settings that LoRA must share to be comparable. The learning rate is not one of them:
-# LoRA's is higher (4x bench/sft.py's 5e-4 here): only the low-rank directions move, B from zero.
+# LoRA's is higher (12x bench/sft.py's 5e-4 here): only the low-rank directions move, B from zero.
 SHARED = ["init_from", "sft_dataset", "batch_size", "block_size", "max_iters", "eval_interval", "eval_iters",
           "patience", "warmup_iters", "seed", "metric_items", "max_new_tokens"]
-LORA = {"learning_rate": 2e-3, "min_lr": 2e-4}
+LORA = {"learning_rate": 6e-3, "min_lr": 6e-4, "rank": 5, "alpha": 10.0,
+        "targets": ["c_q", "c_k", "c_v", "c_proj", "c_fc"], "chat_token_rows": True}
 
 
-def measure(kind, base, batch_size, block_size, rank, alpha, steps=6):
-    """One variant's time per step and peak memory, in this (fresh) process; prints a JSON line."""
+def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
+    """One variant's time per step and peak memory, in this (fresh) process; prints a JSON line.
+    LoRA is set up as in the adapter file (rank, alpha, targets, token rows), with fresh weights."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_from_checkpoint(load_checkpoint(base)).to(device)
     T = block_size or model.config.block_size
     if kind == "lora":
-        add_lora(model, rank, alpha)
+        a = load_adapter(adapter_path)
+        add_lora(model, a["rank"], a["alpha"], a["targets"], token_ids=a.get("token_ids", ()))
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), generator=g).to(device)
@@ -73,9 +76,9 @@ def run(cmd):
         sys.exit(f"bench/lora.py: {cmd[1]} failed (see above)")
 
 
-def step_cost(kind, base, s, rank, alpha):
+def step_cost(kind, base, s, adapter_path):
     out = subprocess.run([sys.executable, __file__, f"--measure={kind}", base, str(s["batch_size"]),
-                          str(s["block_size"]), str(rank), str(alpha)], cwd=ROOT, capture_output=True, text=True)
+                          str(s["block_size"]), adapter_path], cwd=ROOT, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"bench/lora.py: measuring {kind} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,7 +118,7 @@ def main():
         full = json.load(f)
     with open(lora_metrics, encoding="utf-8") as f:
         lora = json.load(f)
-    costs = {k: step_cost(k, lora["base"], s, lora["rank"], lora["alpha"]) for k in ("full", "lora")}
+    costs = {k: step_cost(k, lora["base"], s, adapter) for k in ("full", "lora")}
     n = lora["base_params"]
     dev = costs["full"]["device"]
     mem = "peak allocated" if dev == "cuda" else "peak RSS"
@@ -124,7 +127,9 @@ def main():
           f"batch {s['batch_size']} x {s['block_size'] or 'full context'} tokens; up to {s['max_iters']} steps, "
           f"eval every {s['eval_interval']}, patience {s['patience']}; lr full {s['learning_rate']:g}, "
           f"LoRA {lora.get('learning_rate', '-')}; step costs on {dev}")
-    print(f"| figure | full SFT | LoRA r={lora['rank']}, alpha={lora['alpha']:g} ({', '.join(lora['targets'])}) | LoRA / full |")
+    rows = len(load_adapter(adapter).get("token_ids", []))
+    print(f"| figure | full SFT | LoRA r={lora['rank']}, alpha={lora['alpha']:g} ({', '.join(lora['targets'])}"
+          f"{f'; {rows} chat-token embedding rows' if rows else ''}) | LoRA / full |")
     print("|---|---|---|---|")
     print(f"| trainable parameters | {n:,} (100%) | {lora['trainable_params']:,} ({lora['trainable_pct']:.2f}%) | "
           f"target <= 2% |")
@@ -143,7 +148,7 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("--measure="):
-        kind, base, batch, block, rank, alpha = sys.argv[1].split("=", 1)[1], *sys.argv[2:]
-        measure(kind, base, int(batch), int(block), int(rank), float(alpha))
+        kind, base, batch, block, adapter_path = sys.argv[1].split("=", 1)[1], *sys.argv[2:]
+        measure(kind, base, int(batch), int(block), adapter_path)
     else:
         main()

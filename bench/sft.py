@@ -26,7 +26,7 @@ SOURCES = [{"path": f"{SFT}/bodmagh_conversations.jsonl", "kind": "conversations
            {"path": f"{SFT}/transliteration_pairs.jsonl", "kind": "pairs", "latin": "arabizi", "arabic": "arabic"}]
 SETTINGS = ["--init_from=out/darija_shared", "--out_dir=out/bench_sft", "--sft_dataset=darija_shared",
             f"--sources={SOURCES!r}", "--max_bad_fraction=0.02",  # 3 of the 201 shared chats are malformed
-            "--block_size=128", "--batch_size=16", "--max_iters=300", "--eval_interval=50", "--eval_iters=8",
+            "--block_size=128", "--batch_size=16", "--max_iters=1000", "--eval_interval=100", "--eval_iters=8",
             "--patience=3", "--learning_rate=5e-4", "--min_lr=5e-5", "--warmup_iters=20",
             "--metric_items=100", "--max_new_tokens=48", "--force"]
 

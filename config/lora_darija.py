@@ -7,9 +7,10 @@ sft_dataset = "darija"
 sft_config = "config/sft_darija.py"
 compare_to = "out/darija_sft"
 
-rank = 8                                  # ~2% of darija_small's parameters with these targets
-alpha = 16.0                              # update scaled by alpha / rank = 2
-targets = ["c_q", "c_k", "c_v", "c_proj"]  # q, k, v and both output projections (attn and mlp)
+rank = 5                                  # 1.8% of darija_small's parameters with these targets
+alpha = 10.0                              # update scaled by alpha / rank = 2
+targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every linear layer in the blocks (c_proj: attn and mlp)
+chat_token_rows = True                    # and the chat tokens' embedding rows (new to the base)
 
 learning_rate = 1e-3                      # 10x full SFT's: only the low-rank directions move
 max_iters = 2000                          # an upper bound: early stopping ends most runs sooner

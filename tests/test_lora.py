@@ -122,6 +122,33 @@ def test_only_adapter_parameters_get_gradients():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
+def test_token_rows_train_only_the_chosen_embedding_rows_shared_with_a_tied_head():
+    ids = [297, 299]
+    for tied in (True, False):
+        model, x = tiny(tie_embeddings=tied), batch()
+        base_wte, base_head = model.wte.weight.clone(), model.lm_head.weight.clone()
+        before, _ = model(x)
+        add_lora(model, rank=2, alpha=4, targets=("c_q",), token_ids=ids)
+        assert torch.equal(model(x)[0], before)  # rows start as the base's rows: nothing changes
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {f"blocks.{i}.attn.c_q.lora_{ab}" for i in range(2) for ab in "AB"} | (
+            {"wte.rows"} if tied else {"wte.rows", "lm_head.rows"})  # tied: one parameter for both
+        assert model.wte.rows.shape == (2, 32) and (model.lm_head.rows is model.wte.rows) == tied
+        train_adapters(model, 3, x)
+        assert not torch.equal(model.wte.rows, base_wte[ids])
+        unmerged, _ = model(x)
+        merged = merge_lora(model)  # the rows written into the base weights, plain modules again
+        assert type(merged.wte) is nn.Embedding and type(merged.lm_head) is nn.Linear
+        assert (merged.lm_head.weight is merged.wte.weight) == tied
+        changed = (merged.wte.weight != base_wte).any(1).nonzero().flatten().tolist()
+        assert changed == ids, changed  # every other row is untouched
+        if not tied:
+            assert (merged.lm_head.weight != base_head).any(1).nonzero().flatten().tolist() == ids
+        assert (merged(x)[0] - unmerged).abs().max() < 1e-5
+    with pytest.raises(ValueError, match=r"token ids \[5, 300\] are not all in the vocabulary \(0..299\)"):
+        add_lora(tiny(), 2, 4, token_ids=[300, 5])
+
+
 def test_a_few_adapter_steps_reduce_the_loss():
     model, x = tiny(), batch()
     # An embedding at a trained model's scale: with the N(0, 0.02) init every logit is ~0 and a
@@ -140,11 +167,11 @@ def trained(tmp_path_factory):
     ckpt_path = tmp_path / "base.pt"
     save_checkpoint(ckpt_path, base, kind="base")
     model, x = model_from_checkpoint(load_checkpoint(str(ckpt_path))), batch()
-    add_lora(model, rank=4, alpha=8, targets=("c_q", "c_k", "c_v", "c_proj"))
+    add_lora(model, rank=4, alpha=8, targets=("c_q", "c_k", "c_v", "c_proj"), token_ids=[298, 299])
     train_adapters(model, 5, x)
     adapter_path = tmp_path / "adapter.pt"
     save_adapter(adapter_path, model, ckpt_path, sha256_of(ckpt_path), 4, 8, ["c_q", "c_k", "c_v", "c_proj"],
-                 tokenizer="tok.json", tokenizer_sha256="ab" * 32, config={"lr": 1e-3})
+                 tokenizer="tok.json", tokenizer_sha256="ab" * 32, config={"lr": 1e-3}, token_ids=[299, 298])
     return ckpt_path, adapter_path, model, x
 
 
@@ -152,11 +179,13 @@ def test_adapter_file_round_trips_and_applies_like_the_trained_model(trained, tm
     ckpt_path, adapter_path, model, x = trained
     expected, _ = model(x)
     adapter = torch.load(adapter_path, weights_only=True)
-    assert {k: adapter[k] for k in ("format", "version", "rank", "alpha", "targets", "base", "tokenizer")} == dict(
+    assert {k: adapter[k] for k in ("format", "version", "rank", "alpha", "targets", "token_ids", "base",
+                                    "tokenizer")} == dict(
         format="darija-gpt-lora", version=1, rank=4, alpha=8.0, targets=["c_q", "c_k", "c_v", "c_proj"],
-        base=str(ckpt_path), tokenizer="tok.json")
+        token_ids=[298, 299], base=str(ckpt_path), tokenizer="tok.json")
     assert adapter["base_sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    assert set(adapter["lora"]) == set(lora_state_dict(model)) and len(adapter["lora"]) == 2 * 5 * 2
+    assert set(adapter["lora"]) == set(lora_state_dict(model)) and len(adapter["lora"]) == 2 * 5 * 2 + 2
+    assert adapter["lora"]["wte.rows"].shape == (2, 32)  # "lm_head.rows" too: the same tensor (tied)
     assert all(torch.equal(adapter["lora"][k], v) for k, v in lora_state_dict(model).items())
     applied = apply_adapter(model_from_checkpoint(load_checkpoint(str(ckpt_path))), str(adapter_path),
                             sha256_of(ckpt_path))
@@ -231,7 +260,8 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
     metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
     assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
-    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 4 * (128 + 32)  # q k v attn.c_proj; mlp.c_proj (hidden 128)
+    # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), and 4 chat-token rows of 32
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 4 * 32
     merged = load_checkpoint(str(work / "out/lora"))
     assert merged["kind"] == "lora_merged"
     base_file = str(work / "out/base/best.pt")
