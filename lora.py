@@ -60,6 +60,7 @@ alpha = 10.0
 targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj": attn and mlp; add "c_gate" for swiglu)
 lora_dropout = 0.0
 chat_token_rows = True              # also train the embedding rows of the chat tokens (new to a pre-trained base)
+embedding_rank = 0                  # > 0: also a rank-r update of the whole token embedding (and tied head)
 # training
 batch_size = 16
 block_size = 0                      # 0: the checkpoint's context length
@@ -209,12 +210,13 @@ raw_model = model_from_checkpoint(ckpt).to(device)
 n_base = raw_model.num_params()
 try:
     token_ids = [tok.special_tokens[t] for t in ROLES_CHAT] if chat_token_rows else []
-    wrapped = add_lora(raw_model, rank, alpha, targets, lora_dropout, token_ids)
+    wrapped = add_lora(raw_model, rank, alpha, targets, lora_dropout, token_ids, embedding_rank)
 except ValueError as e:
     fail(str(e))
 n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
 print(f"LoRA r={rank}, alpha={alpha:g} on {len(wrapped)} layers ({', '.join(sorted({w.split('.', 2)[-1] for w in wrapped}))})"
-      f"{f', plus the {len(token_ids)} chat tokens embedding rows' if token_ids else ''}: "
+      f"{f', the {len(token_ids)} chat tokens embedding rows' if token_ids else ''}"
+      f"{f', a rank-{embedding_rank} update of the embedding' if embedding_rank else ''}: "
       f"{n_train:,} trainable parameters, {100 * n_train / n_base:.2f}% of the base's {n_base:,}")
 model = torch.compile(raw_model) if compile else raw_model
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)  # adapters only
@@ -283,7 +285,7 @@ while True:
             best_val, best_step, bad_evals = val, step, 0
             save_adapter(adapter_path, raw_model, base_path, base_sha, rank, alpha, targets,
                          tokenizer=tok_path, tokenizer_sha256=tok_sha, config=dict(config, step=step, val_loss=val),
-                         token_ids=token_ids)
+                         token_ids=token_ids, embedding_rank=embedding_rank)
         else:
             bad_evals += 1
         print(f"step {step}: val loss {val:.4f} (assistant tokens){' *best, adapter saved' if improved else ''}")
@@ -323,7 +325,7 @@ while True:
 if best_step == 0:
     print("note: val never improved on the base model's loss; adapter.pt holds the untrained (B = 0) adapter")
 metrics = dict(init_from=init_from, base=base_path, base_sha256=base_sha, sft_dataset=sft_dataset, seed=seed,
-               rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), learning_rate=learning_rate,
+               rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), embedding_rank=embedding_rank, learning_rate=learning_rate,
                trainable_params=n_train, base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3),
                steps=step, best_step=best_step, best_val_loss=best_val, sec_per_step=round(train_time / max(step, 1), 4),
                peak_memory_mb=round(peak_memory_mb(), 1),

@@ -8,8 +8,8 @@ Architecture (each choice and why):
 - rotary position embeddings (RoPE) instead of learned positions: relative positions, no
   position table, and a KV cache that stays valid as the context grows. Angles are computed on
   the fly in float32; eager mode rotates with one complex multiply, torch.compile the real form.
-- RMSNorm pre-norm with no learnable gain (nanochat): no mean and no parameters (on GPU, fused by
-  torch.compile; on CPU it lacks LayerNorm's native kernel and costs a little more).
+- RMSNorm pre-norm with no learnable gain (nanochat): no mean and no parameters. There is no
+  native CPU kernel for it, so its backward is written out (RMSNorm below): half the kernels.
 - MLP: "swiglu" (Llama: silu(x W_gate) * (x W_fc), hidden 8/3 n_embd so the parameter count
   matches a 4x MLP) or "relu2" (relu(x W_fc)^2, hidden 4 n_embd: Primer / modded-nanoGPT).
 - grouped-query attention when n_kv_head < n_head: a smaller KV cache for generation.
@@ -93,9 +93,25 @@ class ContextFullError(ValueError):
     pass
 
 
+class RMSNorm(torch.autograd.Function):
+    """x / sqrt(mean(x^2) + eps) over the last dim, with its backward written out: autograd's
+    version of the same formula (or F.rms_norm) runs ~2x more kernels on CPU and is 2x slower."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+        y = x * r
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # d/dx of x r: r (g - y mean(g y)), y = x r
+        y, r = ctx.saved_tensors
+        return r * (grad - y * (grad * y).mean(-1, keepdim=True))
+
+
 def norm(x):
-    # RMSNorm written out with x * x: F.rms_norm and x.pow(2) take a slow generic-power backward on CPU.
-    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+    return RMSNorm.apply(x)
 
 
 def apply_rotary(x, cos, sin):
@@ -155,13 +171,13 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         if type(self.c_q) is type(self.c_k) is type(self.c_v) is nn.Linear:
             # One matmul for q, k and v together: on CPU three small matmuls cost far more than one.
-            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
-            q, k, v = F.linear(x, w).split([self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], -1)
+            qkv = F.linear(x, torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight]))
         else:  # wrapped layers (LoRA adapters) are called one by one
-            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        q = apply_rotary(q.view(B, T, self.n_head, self.head_dim), cos, sin).transpose(1, 2)
-        k = apply_rotary(k.view(B, T, self.n_kv_head, self.head_dim), cos, sin).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            qkv = torch.cat([self.c_q(x), self.c_k(x), self.c_v(x)], -1)
+        qk, v = qkv.view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).split(
+            [self.n_head + self.n_kv_head, self.n_kv_head], 2)
+        q, k = apply_rotary(qk, cos, sin).split([self.n_head, self.n_kv_head], 2)  # one rotation for both
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -195,7 +211,8 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
-            h = F.relu(self.c_fc(x)).square()
+            h = F.relu(self.c_fc(x))
+            h = h * h  # not .square(): its backward takes the generic pow kernel, 3x slower on CPU
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
 
@@ -441,12 +458,15 @@ def model_from_checkpoint(ckpt):
 # stream); write "attn.c_proj" or "mlp.c_proj" for one of them. A target matching nothing is an
 # error. Embeddings and lm_head stay frozen unless named ("lm_head" is refused when tied to wte).
 #
-# Token rows: the chat template's special tokens (<|user|>, <|assistant|>, <|end|>...) never occur in
-# pre-training, so their embedding rows are meaningless as inputs and, in the (tied) head, trained
-# only to be never predicted, yet every answer must end by predicting <|end|>. A frozen embedding
-# leaves the adapters to work around that. add_lora(..., token_ids=ids) therefore also trains those
-# few rows (TokenRows: n x n_embd numbers, shared by the embedding and a tied head), as PEFT's
-# trainable_token_indices does; every other row stays frozen.
+# The embedding (opt-in; EmbeddingUpdate, shared by the embedding and a tied head):
+# - token_ids: the chat template's special tokens (<|user|>, <|assistant|>, <|end|>...) never occur
+#   in pre-training, so their rows mean nothing as inputs and, in the (tied) head, are trained only
+#   to be never predicted, yet every answer must end by predicting <|end|>. add_lora(...,
+#   token_ids=ids) trains those few rows outright (n x n_embd numbers), as PEFT's
+#   trainable_token_indices does.
+# - embedding_rank=r: a low-rank update of the whole (vocab x n_embd) matrix, (alpha / r) B A, as
+#   loralib's Embedding: r x (vocab + n_embd) numbers that can move every token a little (e.g. the
+#   English tokens a Darija base barely trained), where full fine-tuning moves each row freely.
 
 import hashlib  # noqa: E402  (only the adapter files need it)
 
@@ -494,29 +514,38 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
-class TokenRows(nn.Module):
-    """A frozen nn.Embedding (input) or nn.Linear (head) whose rows `token_ids` are replaced by the
-    trainable `rows`; a tied embedding and head share one `rows` parameter."""
+class EmbeddingUpdate(nn.Module):
+    """A frozen token embedding (nn.Embedding) or head (nn.Linear), the same (vocab x n_embd) matrix
+    W, used as W + (alpha / r) B A (B (vocab x r) zero, A (r x n_embd); when rank > 0) with the rows
+    of token_ids then replaced by trainable `rows` (when given). A tied embedding and head share
+    the parameters, passed in as `params`."""
 
-    def __init__(self, base, token_ids, rows):
+    def __init__(self, base, params, token_ids, scale):
         super().__init__()
         self.base = base.requires_grad_(False)
-        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long, device=rows.device),
+        for name, p in params.items():  # lora_A, lora_B and/or rows
+            setattr(self, name, p)
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long, device=base.weight.device),
                              persistent=False)
-        self.rows = rows
-        self.merged = False
+        self.scale, self.merged = scale, False
 
     @property
     def weight(self):
         w = self.base.weight
-        return w if self.merged else w.index_copy(0, self.token_ids, self.rows.to(w.dtype))
+        if self.merged:
+            return w
+        if hasattr(self, "lora_A"):
+            w = w + (self.scale * (self.lora_B.float() @ self.lora_A.float())).to(w.dtype)
+        if hasattr(self, "rows"):
+            w = w.index_copy(0, self.token_ids, self.rows.to(w.dtype))
+        return w
 
     def forward(self, x):
         return F.embedding(x, self.weight) if isinstance(self.base, nn.Embedding) else F.linear(x, self.weight)
 
     @torch.no_grad()
-    def merge(self):  # the base's own rows are lost: a merged model cannot be unmerged
-        self.base.weight[self.token_ids] = self.rows.to(self.base.weight.dtype)
+    def merge(self):  # the replaced rows are lost: a merged model cannot be unmerged
+        self.base.weight.copy_(self.weight)
         self.merged = True
 
 
@@ -526,12 +555,13 @@ def _short(name):
     return ".".join(parts[2:]) if parts[0] == "blocks" else name
 
 
-def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0, token_ids=()):
+def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropout=0.0, token_ids=(),
+             embedding_rank=0):
     """Freeze every parameter, wrap the nn.Linear layers matching `targets` (see above) in
-    LoRALinear and, given token_ids, the embedding and head in TokenRows; return the names of
-    the layers given adapters, in model order."""
+    LoRALinear and, given token_ids or embedding_rank, the embedding and head in EmbeddingUpdate;
+    return the names of the linear layers given adapters, in model order."""
     model = unwrap(model)
-    if any(isinstance(m, (LoRALinear, TokenRows)) for m in model.modules()):
+    if any(isinstance(m, (LoRALinear, EmbeddingUpdate)) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
     model.requires_grad_(False)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -552,16 +582,29 @@ def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropou
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, LoRALinear(module, rank, alpha, dropout))
         wrapped.append(name)
-    if token_ids:
+    if token_ids or embedding_rank:
         token_ids = sorted({int(t) for t in token_ids})
-        if not 0 <= token_ids[0] <= token_ids[-1] < model.config.vocab_size:
+        if token_ids and not 0 <= token_ids[0] <= token_ids[-1] < model.config.vocab_size:
             raise ValueError(f"token ids {token_ids} are not all in the vocabulary (0..{model.config.vocab_size - 1})")
-        tied = model.config.tie_embeddings
-        rows = nn.Parameter(model.wte.weight[token_ids].detach().clone())
-        model.wte = TokenRows(model.wte, token_ids, rows)
+        if isinstance(model.lm_head, LoRALinear) and (model.config.tie_embeddings or embedding_rank):
+            raise ValueError("lm_head has a LoRA adapter: leave it out of the targets to update the embedding")
+
+        def params(matrix):  # the trainable parts of one (vocab x n_embd) matrix
+            p = nn.ParameterDict()
+            if embedding_rank:
+                p["lora_A"] = nn.Parameter(torch.empty(embedding_rank, matrix.size(1), device=matrix.device, dtype=matrix.dtype))
+                nn.init.kaiming_uniform_(p["lora_A"], a=math.sqrt(5))
+                p["lora_B"] = nn.Parameter(torch.zeros(matrix.size(0), embedding_rank, device=matrix.device, dtype=matrix.dtype))
+            if token_ids:
+                p["rows"] = nn.Parameter(matrix[token_ids].detach().clone())
+            return p
+
+        scale = alpha / embedding_rank if embedding_rank else 0.0
+        shared = params(model.wte.weight)
+        model.wte = EmbeddingUpdate(model.wte, shared, token_ids, scale)
         if not isinstance(model.lm_head, LoRALinear):
-            head_rows = rows if tied else nn.Parameter(model.lm_head.weight[token_ids].detach().clone())
-            model.lm_head = TokenRows(model.lm_head, token_ids, head_rows)
+            head = shared if model.config.tie_embeddings else params(model.lm_head.weight)
+            model.lm_head = EmbeddingUpdate(model.lm_head, head, token_ids, scale)
     return wrapped
 
 
@@ -569,9 +612,12 @@ def merge_lora(model):
     """Fold every adapter into its base weight and put the plain nn.Linear back, so the model
     saves as a normal checkpoint (save_checkpoint(..., kind="lora_merged")). Returns the model."""
     model = unwrap(model)
+    merged = set()
     for name, module in list(model.named_modules()):
-        if isinstance(module, (LoRALinear, TokenRows)):
-            module.merge()
+        if isinstance(module, (LoRALinear, EmbeddingUpdate)):
+            if id(module.base.weight) not in merged:  # a tied head's weight is the embedding's: merged once
+                module.merge()
+                merged.add(id(module.base.weight))
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, module.base)
     return model
@@ -595,12 +641,12 @@ def sha256_of(path):
 
 
 def save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, tokenizer=None,
-                 tokenizer_sha256=None, config=None, token_ids=()):
+                 tokenizer_sha256=None, config=None, token_ids=(), embedding_rank=0):
     """Write the adapter alone (README "Adapter file") atomically: a temp file, then os.replace."""
     adapter = {"format": LORA_FORMAT, "version": 1,
                "lora": {k: v.cpu() for k, v in lora_state_dict(model).items()},
                "rank": int(rank), "alpha": float(alpha), "targets": [str(t) for t in targets],
-               "token_ids": sorted({int(t) for t in token_ids}),
+               "token_ids": sorted({int(t) for t in token_ids}), "embedding_rank": int(embedding_rank),
                "base": str(base_path), "base_sha256": base_sha256,
                "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
                "config": _plain(config or {})}
@@ -636,7 +682,8 @@ def apply_adapter(model, adapter_path, base_sha256):
                          f"(sha {adapter['base_sha256'][:12]}), not on this checkpoint (sha {base_sha256[:12]}): "
                          f"load the base it was trained on")
     model = unwrap(model)
-    add_lora(model, adapter["rank"], adapter["alpha"], adapter["targets"], token_ids=adapter.get("token_ids", ()))
+    add_lora(model, adapter["rank"], adapter["alpha"], adapter["targets"], token_ids=adapter.get("token_ids", ()),
+             embedding_rank=adapter.get("embedding_rank", 0))
     own = lora_state_dict(model)
     if set(own) != set(adapter["lora"]):
         raise ValueError(f"adapter {adapter_path} does not fit this model: its layers "

@@ -149,6 +149,27 @@ def test_token_rows_train_only_the_chosen_embedding_rows_shared_with_a_tied_head
         add_lora(tiny(), 2, 4, token_ids=[300, 5])
 
 
+def test_embedding_rank_updates_every_row_at_low_rank_and_merges_exactly():
+    for tied in (True, False):
+        model, x = tiny(tie_embeddings=tied), batch()
+        base_wte = model.wte.weight.clone()
+        before, _ = model(x)
+        add_lora(model, rank=2, alpha=4, targets=("c_v",), token_ids=[299], embedding_rank=3)
+        assert torch.equal(model(x)[0], before)  # B = 0
+        trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+        emb = {"wte.lora_A": 3 * 32, "wte.lora_B": 300 * 3, "wte.rows": 32}
+        assert {k: v for k, v in trainable.items() if not k.startswith("blocks")} == (
+            emb if tied else {**emb, **{k.replace("wte", "lm_head"): v for k, v in emb.items()}})
+        train_adapters(model, 3, x)
+        delta = model.wte.weight.detach() - base_wte
+        assert torch.linalg.matrix_rank(delta[:299]) == 3 and torch.equal(model.wte.weight[299], model.wte.rows[0])
+        unmerged, _ = model(x)
+        merged = merge_lora(model)  # a tied head's shared weight is updated once, not twice
+        assert (merged.lm_head.weight is merged.wte.weight) == tied
+        assert torch.allclose(merged.wte.weight, base_wte + delta, atol=1e-6)
+        assert (merged(x)[0] - unmerged).abs().max() < 1e-5
+
+
 def test_a_few_adapter_steps_reduce_the_loss():
     model, x = tiny(), batch()
     # An embedding at a trained model's scale: with the N(0, 0.02) init every logit is ~0 and a
@@ -167,11 +188,12 @@ def trained(tmp_path_factory):
     ckpt_path = tmp_path / "base.pt"
     save_checkpoint(ckpt_path, base, kind="base")
     model, x = model_from_checkpoint(load_checkpoint(str(ckpt_path))), batch()
-    add_lora(model, rank=4, alpha=8, targets=("c_q", "c_k", "c_v", "c_proj"), token_ids=[298, 299])
+    add_lora(model, rank=4, alpha=8, targets=("c_q", "c_k", "c_v", "c_proj"), token_ids=[298, 299], embedding_rank=2)
     train_adapters(model, 5, x)
     adapter_path = tmp_path / "adapter.pt"
     save_adapter(adapter_path, model, ckpt_path, sha256_of(ckpt_path), 4, 8, ["c_q", "c_k", "c_v", "c_proj"],
-                 tokenizer="tok.json", tokenizer_sha256="ab" * 32, config={"lr": 1e-3}, token_ids=[299, 298])
+                 tokenizer="tok.json", tokenizer_sha256="ab" * 32, config={"lr": 1e-3}, token_ids=[299, 298],
+                 embedding_rank=2)
     return ckpt_path, adapter_path, model, x
 
 
@@ -179,13 +201,14 @@ def test_adapter_file_round_trips_and_applies_like_the_trained_model(trained, tm
     ckpt_path, adapter_path, model, x = trained
     expected, _ = model(x)
     adapter = torch.load(adapter_path, weights_only=True)
-    assert {k: adapter[k] for k in ("format", "version", "rank", "alpha", "targets", "token_ids", "base",
-                                    "tokenizer")} == dict(
+    assert {k: adapter[k] for k in ("format", "version", "rank", "alpha", "targets", "token_ids", "embedding_rank",
+                                    "base", "tokenizer")} == dict(
         format="darija-gpt-lora", version=1, rank=4, alpha=8.0, targets=["c_q", "c_k", "c_v", "c_proj"],
-        token_ids=[298, 299], base=str(ckpt_path), tokenizer="tok.json")
+        token_ids=[298, 299], embedding_rank=2, base=str(ckpt_path), tokenizer="tok.json")
     assert adapter["base_sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    assert set(adapter["lora"]) == set(lora_state_dict(model)) and len(adapter["lora"]) == 2 * 5 * 2 + 2
-    assert adapter["lora"]["wte.rows"].shape == (2, 32)  # "lm_head.rows" too: the same tensor (tied)
+    assert set(adapter["lora"]) == set(lora_state_dict(model)) and len(adapter["lora"]) == 2 * 5 * 2 + 2 * 3
+    assert adapter["lora"]["wte.rows"].shape == (2, 32)  # and "lm_head.rows": the same tensor (tied)
+    assert adapter["lora"]["wte.lora_B"].shape == (300, 2) and adapter["lora"]["wte.lora_B"].abs().sum() > 0
     assert all(torch.equal(adapter["lora"][k], v) for k, v in lora_state_dict(model).items())
     applied = apply_adapter(model_from_checkpoint(load_checkpoint(str(ckpt_path))), str(adapter_path),
                             sha256_of(ckpt_path))

@@ -6,7 +6,7 @@ import torch
 
 from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
 from model import (GPT, ContextFullError, GPTConfig, apply_rotary, estimate_mfu, load_checkpoint,
-                   model_from_checkpoint, sample, save_checkpoint)
+                   model_from_checkpoint, norm, sample, save_checkpoint)
 
 
 def tiny(**kw):
@@ -55,6 +55,14 @@ def test_rotary_forms_agree_and_rotate(monkeypatch):
     assert torch.allclose(apply_rotary(x, cos, sin), eager, atol=1e-6)
     assert torch.allclose(eager.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
     assert torch.allclose(apply_rotary(x, *model.rotary_angles(0, 5, "cpu"))[:, 0], x[:, 0])  # position 0
+
+
+def test_rms_norm_and_its_hand_written_backward():
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    y = norm(x)
+    assert torch.allclose(y, x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6))
+    assert torch.allclose((y * y).mean(-1), torch.ones(3, 5, dtype=torch.float64), atol=1e-6)
+    assert torch.autograd.gradcheck(norm, (x,))  # the backward against finite differences
 
 
 def greedy_by_recompute(model, ids, n):
