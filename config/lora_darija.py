@@ -7,10 +7,11 @@ sft_dataset = "darija"
 sft_config = "config/sft_darija.py"
 compare_to = "out/darija_sft"
 
-rank = 5                                  # 1.8% of darija_small's parameters with these targets
-alpha = 10.0                              # update scaled by alpha / rank = 2
+rank = 3                                  # with embedding_rank 5: 1.9% of darija_small's parameters
+alpha = 10.0                              # updates scaled by alpha / rank
 targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every linear layer in the blocks (c_proj: attn and mlp)
-chat_token_rows = True                    # and the chat tokens' embedding rows (new to the base)
+chat_token_rows = True                    # the chat tokens' embedding rows (new to the base)...
+embedding_rank = 5                        # ...and a rank-5 update of the whole embedding (README "LoRA")
 
 learning_rate = 1e-3                      # 10x full SFT's: only the low-rank directions move
 max_iters = 2000                          # an upper bound: early stopping ends most runs sooner

@@ -283,8 +283,9 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
     metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
     assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
-    # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), and 4 chat-token rows of 32
-    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 4 * 32
+    # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), 4 chat-token rows of 32,
+    # and the default rank-5 update of the (321 x 32) embedding
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 4 * 32 + 5 * (321 + 32)
     merged = load_checkpoint(str(work / "out/lora"))
     assert merged["kind"] == "lora_merged"
     base_file = str(work / "out/base/best.pt")
