@@ -590,7 +590,7 @@ def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), dropou
             raise ValueError("lm_head has a LoRA adapter: leave it out of the targets to update the embedding")
 
         def params(matrix):  # the trainable parts of one (vocab x n_embd) matrix
-            p = nn.ParameterDict()
+            p = {}
             if embedding_rank:
                 p["lora_A"] = nn.Parameter(torch.empty(embedding_rank, matrix.size(1), device=matrix.device, dtype=matrix.dtype))
                 nn.init.kaiming_uniform_(p["lora_A"], a=math.sqrt(5))

@@ -85,8 +85,10 @@ metric_items = 100                  # held-out items per task; 0 skips the metri
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
+
 def fail(msg):
     raise SystemExit(f"sft.py: {msg}")
+
 
 from configurator import ConfigError, configure  # noqa: E402
 try:
@@ -120,6 +122,7 @@ def load_base(path):
     if not all(t in tok.special_tokens for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")):
         fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
     return ckpt, tok, tok_path, sha
+
 
 ckpt, tok, tok_path, tok_sha = load_base(init_from)
 
@@ -155,9 +158,11 @@ TASK_FIELDS = {"dar2en": ("darija", "english"), "en2dar": ("english", "darija"),
 if set(tasks) - set(TEMPLATES):
     fail(f"unknown tasks {sorted(set(tasks) - set(TEMPLATES))}; choose among {', '.join(TEMPLATES)}")
 
+
 def norm(text):
     """The key used for dedup and grouping: NFKC, case-folded, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
 
 def read_rows(path):
     """Yield (line number, row dict) from a JSONL or CSV file; unreadable lines are ValueErrors."""
@@ -176,6 +181,7 @@ def read_rows(path):
             except json.JSONDecodeError as e:
                 row = ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
             yield n, row if isinstance(row, (dict, ValueError)) else ValueError("expected a JSON object")
+
 
 def read_source(src, tok):
     """Validated items of one source: conversations, or dicts of {latin, arabic, english} text."""
@@ -214,6 +220,7 @@ def read_source(src, tok):
         print(f"  skipped {b}")
     return items, len(bad)
 
+
 def pair_examples(item, rng):
     """Instruction examples made from one parallel item, for every task it has both sides of."""
     out = []
@@ -231,6 +238,7 @@ def pair_examples(item, rng):
         out.append(dict(messages=messages, task=task, input=x, origin=item["origin"]))
     return out
 
+
 def group_items(items):
     """Union-find: items sharing any normalised sentence (in any field) end up in one group."""
     parent, owner = list(range(len(items))), {}
@@ -245,15 +253,18 @@ def group_items(items):
             parent[root(i)] = root(owner.setdefault(key, i))
     return [root(i) for i in range(len(items))]
 
+
 def item_keys(item):
     if "messages" in item:
         return [json.dumps([norm(m["content"]) for m in item["messages"]], ensure_ascii=False)]
     return [f"{k}:{norm(item[k])}" for k in ("latin", "arabic", "english") if k in item]
 
+
 def in_val(key):
     """A stable split decision from a hash, independent of file order and of the other items."""
     h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big")
     return h / 2**64 < val_fraction
+
 
 def build_dataset(data_dir, tok, tok_path, tok_sha):
     items, report, seen = [], [], set()
@@ -291,11 +302,13 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
     write_atomic(os.path.join(data_dir, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False))
     return stats
 
+
 def write_atomic(path, text):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
 
 def print_stats(stats):
     for s in stats["sources"]:
@@ -304,6 +317,7 @@ def print_stats(stats):
     for name, s in ((n, stats[n]) for n in ("train", "val")):
         print(f"  {name}: {s['examples']:,} examples, {s['tokens']:,} tokens, assistant share "
               f"{s['assistant_share']:.1%} ({', '.join(f'{t} {n:,}' for t, n in s['tasks'].items())})")
+
 
 sft_dataset = sft_dataset or os.path.basename(os.path.normpath(init_from if os.path.isdir(init_from)
                                                                else os.path.dirname(init_from)))
@@ -346,6 +360,7 @@ def encode(examples, limit):
         if len(ids) <= limit:
             out.append((ids, mask))
     return out
+
 
 def pack(encoded, T, rng=None):
     """Whole conversations packed into rows of T+1 tokens -> inputs (N, T), targets (N, T).
@@ -405,12 +420,14 @@ if resume:
     print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f})")
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
+
 def lr_at(it):
     """Linear warmup, then cosine decay to min_lr at max_iters."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / warmup_iters
     progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
 
 @torch.no_grad()
 def evaluate():
@@ -427,6 +444,7 @@ def evaluate():
     model.train()
     return total / count
 
+
 def generate_text(m, ids, first_line=False):
     """Greedy continuation of `ids` up to a special token (<|end|>, or a derailment) or, if first_line, a newline."""
     out, room, stop = [], min(max_new_tokens, m.config.block_size - len(ids)), set(tok.special_tokens.values())
@@ -437,12 +455,15 @@ def generate_text(m, ids, first_line=False):
     text = tok.decode(out)
     return (text.split("\n")[0] if first_line else text).strip()
 
+
 def answer(m, messages):
     return generate_text(m, tok.render_for_completion(messages))
+
 
 def checkpoint(path, with_optimizer):
     save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
                     tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
+
 
 rng = random.Random(seed + step)
 train_x, train_y = pack(train_enc, T, rng)
@@ -505,7 +526,9 @@ def chrf(hyps, refs, order=6, beta=2.0):
     p, r = (sum(u[k] for u in used) / len(used) if used else 0.0 for k in (0, 1))
     return 100 * (1 + beta**2) * p * r / (beta**2 * p + r) if p + r else 0.0
 
+
 FEW_SHOT = {"lat2ar": ("Arabizi", "Arabic"), "dar2en": ("Darija", "English")}
+
 
 def task_scores(m, chat):
     """chrF per task: the chat model answers the held-out request as phrased; the base model
@@ -524,6 +547,7 @@ def task_scores(m, chat):
         scores[task] = dict(items=len(items), chrf=score, example=dict(input=items[0]["input"], output=hyps[0]))
         print(f"  {'sft' if chat else 'base'} {task}: chrF {scores[task]['chrf']:.1f} on {len(items)} items")
     return scores
+
 
 if metric_items:
     print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task")

@@ -40,13 +40,14 @@ LORA = {"learning_rate": 6e-3, "min_lr": 6e-4, "rank": 3, "alpha": 10.0, "embedd
 
 def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
     """One variant's time per step and peak memory, in this (fresh) process; prints a JSON line.
-    LoRA is set up as in the adapter file (rank, alpha, targets, token rows), with fresh weights."""
+    LoRA is set up as in the adapter file (rank, alpha, targets, token rows, embedding rank), with fresh weights."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model_from_checkpoint(load_checkpoint(base)).to(device)
     T = block_size or model.config.block_size
     if kind == "lora":
         a = load_adapter(adapter_path)
-        add_lora(model, a["rank"], a["alpha"], a["targets"], token_ids=a.get("token_ids", ()))
+        add_lora(model, a["rank"], a["alpha"], a["targets"], token_ids=a.get("token_ids", ()),
+                 embedding_rank=a.get("embedding_rank", 0))
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), generator=g).to(device)
@@ -105,7 +106,7 @@ def main():
     fresh = not extra and os.path.isfile(lora_metrics) and os.path.isfile(adapter)
     if fresh:
         with open(lora_metrics, encoding="utf-8") as f:
-            done = torch.load(adapter, weights_only=True)["config"]
+            done = load_adapter(adapter)["config"]
             fresh = json.load(f)["base_sha256"] == sha256_of(base) and all(done.get(k) == v for k, v in settings.items())
     if fresh:
         print(f"reusing {lora_out}: same base and settings (pass any lora.py setting to run it again)")

@@ -13,21 +13,8 @@ val_fraction = 0.005
 tokenizer_train_bytes = 20_000_000
 
 # --- model and training (pretrain.py) ---
-# The model settings of darija_small (a 2-core CPU budget); on a GPU raise max_iters and batch_size:
-# Atlaset holds far more text than this run reads.
-n_layer = 4
-n_head = 4
-n_kv_head = 4
-n_embd = 256
-block_size = 256
-mlp = "relu2"
-dropout = 0.0
-batch_size = 16
-grad_accum_steps = 1
+# pretrain.py's defaults are darija_small's model (4 x 256, ReLU², context 256) and optimiser; only
+# the run length differs. On a GPU raise max_iters and batch_size: Atlaset holds far more text than
+# this run reads.
 max_iters = 700
-learning_rate = 2e-3
-min_lr = 2e-4
-warmup_iters = 50
-eval_interval = 100
 eval_iters = 10
-log_interval = 10
