@@ -57,6 +57,7 @@ API (stable: sft.py, lora.py and chat.py build on it)
 """
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -114,16 +115,29 @@ def norm(x):
     return RMSNorm.apply(x)
 
 
+# On the CPU the complex multiply below runs inside compiled graphs as one eager kernel, which is
+# what makes it faster there; inductor warns that it generates no code for complex ops.
+warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+
+
 def apply_rotary(x, cos, sin):
     # x: (B, T, H, D). Each pair of features (2i, 2i+1) is rotated by the angle position x theta^(-2i/D).
-    pairs = x.float().unflatten(-1, (-1, 2))
-    cos, sin = cos[:, None], sin[:, None]
-    if torch.compiler.is_compiling():  # the real form: inductor fuses it (it cannot compile complex ops)
-        x1, x2 = pairs.unbind(-1)
-        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
-    # eager: the pair as a complex number times e^(i angle), one multiply: ~10x cheaper on CPU
-    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)
+    # Inductor has no GPU kernels for complex numbers, so compiled off the CPU the real form runs; on
+    # the CPU the complex multiply is faster, eager and compiled (a training step 5% faster compiled).
+    if torch.compiler.is_compiling() and x.device.type != "cpu":
+        return rotate_real(x, cos, sin)
+    return rotate_complex(x, cos, sin)
+
+
+def rotate_complex(x, cos, sin):  # the pair as a complex number times e^(i angle): one multiply
+    rotated = torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * torch.complex(cos, sin)[:, None]
     return torch.view_as_real(rotated).flatten(-2).type_as(x)
+
+
+def rotate_real(x, cos, sin):  # the same rotation written out, which inductor fuses on GPUs
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[:, None], sin[:, None]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
 
 
 class KVCache:
