@@ -62,6 +62,7 @@ targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj
 lora_dropout = 0.0
 chat_token_rows = True              # also train the embedding rows of the chat tokens (new to a pre-trained base)
 embedding_rank = 5                  # > 0: also a rank-r update of the whole token embedding (and tied head)
+task_token_rows = 0                 # and the rows of the N tokens the task pulls hardest on (README "LoRA")
 # training
 batch_size = 16
 block_size = 0                      # 0: the checkpoint's context length
@@ -209,14 +210,41 @@ device_type = "cuda" if device.startswith("cuda") else "cpu"
 autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
 raw_model = model_from_checkpoint(ckpt).to(device)
 n_base = raw_model.num_params()
+
+
+def task_tokens(model, n, chosen, batches=16):
+    """The n token ids, outside `chosen`, whose embedding rows get the largest gradient (sum of
+    squares) from the SFT loss of the frozen base over a few training batches: the tokens the task
+    needs that pre-training left weakest (English ones, when a Darija base learns to translate)."""
+    if not 0 <= n <= model.config.vocab_size - len(chosen):
+        fail(f"task_token_rows={n}: choose between 0 and {model.config.vocab_size - len(chosen)} (the vocabulary "
+             f"has {model.config.vocab_size} tokens{f', {len(chosen)} of them chat tokens' if chosen else ''})")
+    x, y = pack(train_enc[:batches * batch_size * 8], T)
+    weight = model.wte.weight.requires_grad_(True)
+    score = torch.zeros(weight.size(0), device=device)
+    for i in range(0, min(len(x), batches * batch_size), batch_size):
+        with autocast:
+            _, loss = model(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
+        grad, = torch.autograd.grad(loss, weight)
+        score += grad.float().pow(2).sum(1)
+    weight.requires_grad_(False)
+    score[list(chosen)] = -1
+    return score.topk(n).indices.tolist()
+
+
 try:
     token_ids = [tok.special_tokens[t] for t in ROLES_CHAT] if chat_token_rows else []
+    n_chat = len(token_ids)
+    if task_token_rows:
+        token_ids += task_tokens(raw_model, task_token_rows, token_ids)
+        print(f"the {task_token_rows} task tokens: {' '.join(repr(tok.decode([t])) for t in token_ids[n_chat:])}")
     wrapped = add_lora(raw_model, rank, alpha, targets, lora_dropout, token_ids, embedding_rank)
 except ValueError as e:
     fail(str(e))
 n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
+rows = " + ".join(f"{n} {kind}" for n, kind in ((n_chat, "chat"), (task_token_rows, "task")) if n)
 print(f"LoRA r={rank}, alpha={alpha:g} on {len(wrapped)} layers ({', '.join(sorted({w.split('.', 2)[-1] for w in wrapped}))})"
-      f"{f', the {len(token_ids)} chat tokens embedding rows' if token_ids else ''}"
+      f"{f', the embedding rows of {rows} tokens' if rows else ''}"
       f"{f', a rank-{embedding_rank} update of the embedding' if embedding_rank else ''}: "
       f"{n_train:,} trainable parameters, {100 * n_train / n_base:.2f}% of the base's {n_base:,}")
 model = torch.compile(raw_model) if compile else raw_model
@@ -326,7 +354,8 @@ while True:
 if best_step == 0:
     print("note: val never improved on the base model's loss; adapter.pt holds the untrained (B = 0) adapter")
 metrics = dict(init_from=init_from, base=base_path, base_sha256=base_sha, sft_dataset=sft_dataset, seed=seed,
-               rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), embedding_rank=embedding_rank,
+               rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), task_token_rows=task_token_rows,
+               embedding_rank=embedding_rank,
                learning_rate=learning_rate, trainable_params=n_train, base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3),
                steps=step, best_step=best_step, best_val_loss=best_val, sec_per_step=round(train_time / max(step, 1), 4),
                peak_memory_mb=round(peak_memory_mb(), 1),

@@ -304,3 +304,23 @@ def test_lora_py_errors_are_clear(work, monkeypatch):
         run_lora(work, monkeypatch, "--targets=['qkv']", "--out_dir=out/lora2")
     with pytest.raises(SystemExit, match="is missing and so is nope.py"):
         run_lora(work, monkeypatch, "--sft_dataset=new", "--sft_config=nope.py")
+
+
+def test_lora_py_task_token_rows_are_tokens_of_the_sft_data(work, monkeypatch):
+    log = run_lora(work, monkeypatch, "--task_token_rows=5", "--out_dir=out/lora_rows", "--max_iters=2",
+                   "--metric_items=0")
+    tok = Tokenizer.load(work / "data/base/tokenizer.json")
+    chat = {tok.special_tokens[t] for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")}
+    token_ids = load_adapter(str(work / "out/lora_rows/adapter.pt"))["token_ids"]
+    task = set(token_ids) - chat
+    assert set(token_ids) >= chat and len(task) == 5 and "the 5 task tokens:" in log
+    seen = set()  # every token of the training conversations, prompts and answers
+    for line in (work / "data/sft/t/train.jsonl").read_text("utf-8").splitlines():
+        seen.update(tok.render_conversation(json.loads(line)["messages"])[0])
+    assert task <= seen  # of 321 tokens, rows of tokens the data never uses get ~no gradient
+    metrics = json.loads((work / "out/lora_rows/metrics.json").read_text("utf-8"))
+    assert metrics["token_rows"] == 9 and metrics["task_token_rows"] == 5
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 9 * 32 + 5 * (321 + 32)
+    with pytest.raises(SystemExit, match=r"task_token_rows=400: choose between 0 and 317 \(the vocabulary has 321 "
+                                         r"tokens, 4 of them chat tokens\)"):
+        run_lora(work, monkeypatch, "--task_token_rows=400", "--out_dir=out/lora_rows2")
