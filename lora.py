@@ -16,10 +16,13 @@ What happens, in order (and why):
    by alpha / r) go on the target layers, by default every linear layer of every block. The
    embedding rows of the chat tokens (<|system|> <|user|> <|assistant|> <|end|>) are trained too
    (chat_token_rows): a pre-trained base never saw them, and every answer must end by predicting
-   <|end|>; that is 4 x n_embd numbers. And a low-rank update of the whole embedding
-   (embedding_rank), so every token, English ones included, can move a little. Together they close
-   most of the gap to full SFT (README "LoRA"). Every other weight is frozen, so the optimizer holds
-   only these: with r = 3 and embedding_rank = 5 on darija_small, 1.9% of the parameters.
+   <|end|>. So are the rows of the task_token_rows tokens whose rows get the largest gradient from
+   the SFT loss on the frozen base (16 batches, before training): the tokens the task needs most
+   and pre-training left weakest, English ones above all for a Darija base. And a low-rank update
+   of the whole embedding (embedding_rank), so every other token can move a little. Together they
+   close the gap to full SFT (README "LoRA"). Every other weight is frozen, so the optimizer holds
+   only these: with r = 2, 195 task rows and embedding_rank = 2 on darija_small, 2.0% of the
+   parameters.
 4. Training is sft.py's: whole conversations packed into rows, targets -1 except the assistant's
    tokens and their <|end|>, AdamW with warmup and cosine decay, the val assistant-token loss
    every eval_interval steps, the adapter saved when it improves, an early stop after `patience`
@@ -56,13 +59,13 @@ compare_to = "out/darija_sft"       # a full SFT run whose metrics.json is print
 force = False                       # overwrite an existing out_dir/adapter.pt
 merge = False                       # also write out_dir/best.pt: the base with the adapter merged in
 # the adapters
-rank = 3
+rank = 2
 alpha = 10.0
 targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj": attn and mlp; add "c_gate" for swiglu)
 lora_dropout = 0.0
 chat_token_rows = True              # also train the embedding rows of the chat tokens (new to a pre-trained base)
-embedding_rank = 5                  # > 0: also a rank-r update of the whole token embedding (and tied head)
-task_token_rows = 0                 # and the rows of the N tokens the task pulls hardest on (README "LoRA")
+embedding_rank = 2                  # > 0: also a rank-r update of the whole token embedding (and tied head)
+task_token_rows = 195               # and the rows of the N tokens the task pulls hardest on (README "LoRA")
 # training
 batch_size = 16
 block_size = 0                      # 0: the checkpoint's context length

@@ -14,7 +14,7 @@ checkpoint, so LoRA runs with exactly the same ones; it is run first when missin
 the base. It needs the base pre-trained on the shared corpus (see bench/sft.py):
     python bench/lora.py      # ~10-20 min on 2 cores (the LoRA run) + 3 min of step costs;
                               # reruns only what is stale (the SFT run too, if missing: as long again)
-    python bench/lora.py --rank=4 --embedding_rank=3   # extra --key=value go to lora.py
+    python bench/lora.py --rank=3 --task_token_rows=24   # extra --key=value go to lora.py
     python bench/lora.py --sft_out=out/x --lora_out=out/y    # other run folders
 """
 import json
@@ -34,8 +34,8 @@ SFT_OUT, LORA_OUT = "out/bench_sft", "out/bench_lora"
 # LoRA's is higher (12x bench/sft.py's 5e-4 here): only the low-rank directions move, B from zero.
 SHARED = ["init_from", "sft_dataset", "batch_size", "block_size", "max_iters", "eval_interval", "eval_iters",
           "patience", "warmup_iters", "seed", "metric_items", "max_new_tokens"]
-LORA = {"learning_rate": 6e-3, "min_lr": 6e-4, "rank": 3, "alpha": 10.0, "embedding_rank": 5,
-        "targets": ["c_q", "c_k", "c_v", "c_proj", "c_fc"], "chat_token_rows": True}
+LORA = {"learning_rate": 6e-3, "min_lr": 6e-4, "rank": 2, "alpha": 10.0, "embedding_rank": 2,
+        "targets": ["c_q", "c_k", "c_v", "c_proj", "c_fc"], "chat_token_rows": True, "task_token_rows": 195}
 
 
 def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
@@ -130,8 +130,9 @@ def main():
           f"LoRA {lora.get('learning_rate', '-')}; step costs on {dev}")
     a = load_adapter(adapter)
     rows, emb_rank = len(a.get("token_ids", [])), a.get("embedding_rank", 0)
+    task_rows = lora.get("task_token_rows", 0)
     print(f"| figure | full SFT | LoRA r={lora['rank']}, alpha={lora['alpha']:g} ({', '.join(lora['targets'])}"
-          f"{f'; {rows} chat-token embedding rows' if rows else ''}"
+          f"{f'; embedding rows of {rows - task_rows} chat + {task_rows} task tokens' if rows else ''}"
           f"{f'; embedding r={emb_rank}' if emb_rank else ''}) | LoRA / full |")
     print("|---|---|---|---|")
     print(f"| trainable parameters | {n:,} (100%) | {lora['trainable_params']:,} ({lora['trainable_pct']:.2f}%) | "

@@ -7,11 +7,12 @@ sft_dataset = "darija"
 sft_config = "config/sft_darija.py"
 compare_to = "out/darija_sft"
 
-rank = 3                                  # with embedding_rank 5: 1.9% of darija_small's parameters
+rank = 2                                  # with the rows and embedding_rank below: 2.0% of darija_small's parameters
 alpha = 10.0                              # updates scaled by alpha / rank
 targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every linear layer in the blocks (c_proj: attn and mlp)
-chat_token_rows = True                    # the chat tokens' embedding rows (new to the base)...
-embedding_rank = 5                        # ...and a rank-5 update of the whole embedding (README "LoRA")
+chat_token_rows = True                    # the chat tokens' embedding rows (new to the base),
+task_token_rows = 195                     # the rows of the 195 tokens the SFT loss pulls hardest on,
+embedding_rank = 2                        # and a rank-2 update of the whole embedding (README "LoRA")
 
 learning_rate = 1e-3                      # 10x full SFT's: only the low-rank directions move
 max_iters = 2000                          # an upper bound: early stopping ends most runs sooner

@@ -10,6 +10,7 @@ compare_to = "out/darija_tiny_sft"
 
 rank = 4
 alpha = 8.0
+task_token_rows = 16                      # lora.py's 195 is sized for darija_small (2% of it)
 batch_size = 8
 learning_rate = 3e-3
 warmup_iters = 10

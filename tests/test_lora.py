@@ -283,9 +283,9 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
     metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
     assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
-    # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), 4 chat-token rows of 32,
-    # and the default rank-5 update of the (321 x 32) embedding
-    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 4 * 32 + 5 * (321 + 32)
+    # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), the default 4 chat-token
+    # and 195 task-token rows of 32, and the default rank-2 update of the (321 x 32) embedding
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + (4 + 195) * 32 + 2 * (321 + 32)
     merged = load_checkpoint(str(work / "out/lora"))
     assert merged["kind"] == "lora_merged"
     base_file = str(work / "out/base/best.pt")
@@ -320,7 +320,7 @@ def test_lora_py_task_token_rows_are_tokens_of_the_sft_data(work, monkeypatch):
     assert task <= seen  # of 321 tokens, rows of tokens the data never uses get ~no gradient
     metrics = json.loads((work / "out/lora_rows/metrics.json").read_text("utf-8"))
     assert metrics["token_rows"] == 9 and metrics["task_token_rows"] == 5
-    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 9 * 32 + 5 * (321 + 32)
+    assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 9 * 32 + 2 * (321 + 32)
     with pytest.raises(SystemExit, match=r"task_token_rows=400: choose between 0 and 317 \(the vocabulary has 321 "
                                          r"tokens, 4 of them chat tokens\)"):
         run_lora(work, monkeypatch, "--task_token_rows=400", "--out_dir=out/lora_rows2")
