@@ -222,15 +222,18 @@ def task_tokens(model, n, chosen, batches=16):
     if not 0 <= n <= model.config.vocab_size - len(chosen):
         fail(f"task_token_rows={n}: choose between 0 and {model.config.vocab_size - len(chosen)} (the vocabulary "
              f"has {model.config.vocab_size} tokens{f', {len(chosen)} of them chat tokens' if chosen else ''})")
-    x, y = pack(train_enc[:batches * batch_size * 8], T)
-    weight = model.wte.weight.requires_grad_(True)
-    score = torch.zeros(weight.size(0), device=device)
+    x, y = pack(train_enc[:batches * batch_size * 8], T)  # conversations enough for `batches` batches of rows
+    matrices = list({id(w): w for w in (model.wte.weight, model.lm_head.weight)}.values())  # one when tied
+    model.requires_grad_(False)
+    for w in matrices:
+        w.requires_grad_(True)
+    score = torch.zeros(model.config.vocab_size, device=device)
     for i in range(0, min(len(x), batches * batch_size), batch_size):
         with autocast:
             _, loss = model(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
-        grad, = torch.autograd.grad(loss, weight)
-        score += grad.float().pow(2).sum(1)
-    weight.requires_grad_(False)
+        for grad in torch.autograd.grad(loss, matrices):
+            score += grad.float().pow(2).sum(1)
+    model.requires_grad_(False)
     score[list(chosen)] = -1
     return score.topk(n).indices.tolist()
 

@@ -7,7 +7,8 @@ Architecture (each choice and why):
   vocab_size x n_embd parameters, which is most of a small model's budget.
 - rotary position embeddings (RoPE) instead of learned positions: relative positions, no
   position table, and a KV cache that stays valid as the context grows. Angles are computed on
-  the fly in float32; eager mode rotates with one complex multiply, torch.compile the real form.
+  the fly in float32; one complex multiply rotates them (eager, and compiled on the CPU);
+  torch.compile on a GPU uses the real form.
 - RMSNorm pre-norm with no learnable gain (nanochat): no mean and no parameters. There is no
   native CPU kernel for it, so its backward is written out (RMSNorm below): half the kernels.
 - MLP: "swiglu" (Llama: silu(x W_gate) * (x W_fc), hidden 8/3 n_embd so the parameter count
