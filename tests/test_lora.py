@@ -321,6 +321,18 @@ def test_lora_py_task_token_rows_are_tokens_of_the_sft_data(work, monkeypatch):
     metrics = json.loads((work / "out/lora_rows/metrics.json").read_text("utf-8"))
     assert metrics["token_rows"] == 9 and metrics["task_token_rows"] == 5
     assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + 9 * 32 + 2 * (321 + 32)
+    # an untied head: its rows are chosen and trained with the embedding's
+    torch.manual_seed(0)
+    untied = GPT(GPTConfig(vocab_size=321, block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32,
+                           tie_embeddings=False))
+    base = load_checkpoint(str(work / "out/base/best.pt"))
+    save_checkpoint(work / "out/untied/best.pt", untied, kind="base", tokenizer=base["tokenizer"],
+                    tokenizer_sha256=base["tokenizer_sha256"])
+    run_lora(work, monkeypatch, "--init_from=out/untied", "--task_token_rows=5", "--out_dir=out/lora_untied",
+             "--max_iters=2", "--metric_items=0")
+    lora = load_adapter(str(work / "out/lora_untied/adapter.pt"))["lora"]
+    assert lora["wte.rows"].shape == lora["lm_head.rows"].shape == (9, 32)
+    assert not torch.equal(lora["wte.rows"], lora["lm_head.rows"])  # two matrices, two sets of rows
     with pytest.raises(SystemExit, match=r"task_token_rows=400: choose between 0 and 317 \(the vocabulary has 321 "
                                          r"tokens, 4 of them chat tokens\)"):
         run_lora(work, monkeypatch, "--task_token_rows=400", "--out_dir=out/lora_rows2")
