@@ -82,6 +82,7 @@ sample_prompts = ["Translate to English: kifach dayer? labas 3lik?",
                   "شنو هي أحسن مدينة فالمغرب؟"]
 # task metric (chrF of greedy answers)
 metric_items = 100                  # held-out items per task; 0 skips the metric
+metric_skip = 0                     # held-out items passed over first (scores items a choice was not made on)
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
@@ -535,7 +536,7 @@ def task_scores(m, chat):
     continues a few-shot plain-text prompt ("Arabizi: ...\\nArabic: ...") up to the newline."""
     scores = {}
     for task, (a, b) in FEW_SHOT.items():
-        items = [ex for ex in examples["val"] if ex["task"] == task][:metric_items]
+        items = [ex for ex in examples["val"] if ex["task"] == task][metric_skip:metric_skip + metric_items]
         if not items:
             continue
         shots = [ex for ex in examples["train"] if ex["task"] == task and len(ex["input"]) < 60][:few_shot]

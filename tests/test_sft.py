@@ -124,6 +124,15 @@ def test_a_few_steps_lower_the_val_loss_and_write_an_sft_checkpoint(work, monkey
         run_sft(work, monkeypatch, "--out_dir=out/train", "--max_iters=1")
 
 
+def test_metric_skip_scores_later_held_out_items(work, monkeypatch):
+    run_sft(work, monkeypatch, "--out_dir=out/skip", "--max_iters=0", "--metric_items=2", "--metric_skip=1")
+    val = [json.loads(line) for line in (work / "data/sft/t/val.jsonl").read_text("utf-8").splitlines()]
+    held_out = [ex for ex in val if ex["task"] == "lat2ar"]
+    scored = json.loads((work / "out/skip/metrics.json").read_text("utf-8"))["sft"]["lat2ar"]
+    assert len(held_out) >= 2 and scored["items"] == min(2, len(held_out) - 1)
+    assert scored["example"]["input"] == held_out[1]["input"]  # the first item was passed over
+
+
 def test_early_stopping_when_val_stops_improving(work, monkeypatch):
     log = run_sft(work, monkeypatch, "--out_dir=out/stop", "--learning_rate=0.0", "--min_lr=0.0",
                   "--max_iters=1000", "--eval_interval=5", "--patience=2")
