@@ -477,8 +477,8 @@ def model_from_checkpoint(ckpt):
 # - token_ids: the chat template's special tokens (<|user|>, <|assistant|>, <|end|>...) never occur
 #   in pre-training, so their rows mean nothing as inputs and, in the (tied) head, are trained only
 #   to be never predicted, yet every answer must end by predicting <|end|>. add_lora(...,
-#   token_ids=ids) trains those few rows outright (n x n_embd numbers), as PEFT's
-#   trainable_token_indices does.
+#   token_ids=ids) trains the rows of those (or any chosen) tokens outright (n x n_embd numbers),
+#   as PEFT's trainable_token_indices does; lora.py adds the tokens its task needs most.
 # - embedding_rank=r: a low-rank update of the whole (vocab x n_embd) matrix, (alpha / r) B A, as
 #   loralib's Embedding: r x (vocab + n_embd) numbers that can move every token a little (e.g. the
 #   English tokens a Darija base barely trained), where full fine-tuning moves each row freely.

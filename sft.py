@@ -551,7 +551,8 @@ def task_scores(m, chat):
 
 
 if metric_items:
-    print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task")
+    print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task"
+          f"{f', after the first {metric_skip}' if metric_skip else ''}")
     base = task_scores(model_from_checkpoint(ckpt).to(device), chat=False)
     tuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device), chat=True)
     print(f"{'task':8} {'items':>5} {'base (few-shot)':>16} {'sft':>7}")

@@ -128,9 +128,7 @@ def main():
           f"batch {s['batch_size']} x {s['block_size'] or 'full context'} tokens; up to {s['max_iters']} steps, "
           f"eval every {s['eval_interval']}, patience {s['patience']}; lr full {s['learning_rate']:g}, "
           f"LoRA {lora.get('learning_rate', '-')}; step costs on {dev}")
-    a = load_adapter(adapter)
-    rows, emb_rank = len(a.get("token_ids", [])), a.get("embedding_rank", 0)
-    task_rows = lora.get("task_token_rows", 0)
+    rows, task_rows, emb_rank = (lora.get(k, 0) for k in ("token_rows", "task_token_rows", "embedding_rank"))
     print(f"| figure | full SFT | LoRA r={lora['rank']}, alpha={lora['alpha']:g} ({', '.join(lora['targets'])}"
           f"{f'; embedding rows of {rows - task_rows} chat + {task_rows} task tokens' if rows else ''}"
           f"{f'; embedding r={emb_rank}' if emb_rank else ''}) | LoRA / full |")
