@@ -18,13 +18,15 @@ Architecture (each choice and why):
   named nn.Linear layers (adapters can target each) computed with one matmul of their stacked weights.
 - no biases anywhere; init N(0, 0.02) with residual projections scaled by 1/sqrt(2 n_layer)
   so the residual stream does not grow with depth (GPT-2).
+- the loss: training on the CPU runs the head and cross-entropy a chunk of rows at a time
+  (HeadCrossEntropy), never building the (tokens x vocab) logits; elsewhere F.cross_entropy.
 
 API (stable: sft.py, lora.py and chat.py build on it)
     cfg = GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256)
     model = GPT(cfg)
-    logits, loss = model(idx, targets)   # idx, targets: (B, T) int64; targets == -1 are ignored;
-                                         # loss = mean cross-entropy over non-ignored targets
-                                         # (None without targets; NaN if every target is -1)
+    logits, _ = model(idx)               # idx: (B, T) int64 -> logits (B, T, vocab_size)
+    _, loss = model(idx, targets)        # targets (B, T), -1 = ignored: loss = mean cross-entropy
+                                         # over the others (NaN if every target is -1); logits None
     model.num_params()                   # unique parameters (a tied embedding counted once)
     model.flops_per_token()              # training FLOPs per token (6N + attention), for MFU
     estimate_mfu(model, tokens_per_sec, peak_flops)
@@ -139,6 +141,40 @@ def rotate_real(x, cos, sin):  # the same rotation written out, which inductor f
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[:, None], sin[:, None]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits h W^T against targets (-1: ignored), for float32 on the CPU,
+    computed a cache-sized chunk of rows at a time with its gradient (softmax - one-hot) worked
+    out on the spot: the (tokens x vocab) logits, their log-softmax and its gradient are never
+    all in memory, which makes the head and loss ~20% faster than logits + F.cross_entropy
+    (the head is ~40% of darija_small's step). Backward only scales the saved gradients."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        valid = targets != -1
+        share = valid / valid.sum()  # each counted row's weight in the mean (NaN if none: as F.cross_entropy)
+        rows = max(16, 2 ** 21 // weight.size(0))  # 2M logits a chunk: 8 MB, inside a CPU's L3 cache
+        loss, grad_h, grad_w = h.new_zeros(()), torch.empty_like(h), torch.zeros_like(weight)
+        for i in range(0, h.size(0), rows):
+            hc, tc, sc = h[i:i + rows], targets[i:i + rows].clamp_min(0)[:, None], share[i:i + rows, None]
+            logprobs = torch.log_softmax(hc @ weight.t(), -1)
+            loss -= (logprobs.gather(1, tc) * sc).sum()
+            dlogits = logprobs.exp_().scatter_add_(1, tc, torch.full_like(sc, -1.0))  # softmax - one-hot
+            torch.mm(dlogits, weight, out=grad_h[i:i + rows]).mul_(sc)  # scaling the thin factors, not dlogits
+            grad_w.addmm_(dlogits.t(), hc * sc)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None
+
+
+@torch.compiler.disable  # runs eagerly inside compiled graphs: its loop would be unrolled, chunk by chunk
+def chunked_cross_entropy(h, weight, targets):
+    return HeadCrossEntropy.apply(h, weight, targets)
 
 
 class KVCache:
@@ -264,12 +300,18 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 
     def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) -> (logits (B, T, vocab), loss or None). With a cache, idx follows its tokens."""
-        logits = self.lm_head(self.hidden(idx, cache))
+        """idx (B, T) -> (logits (B, T, vocab), None), or with targets (None, loss): training needs
+        only the loss, and on the CPU the logits are never built whole. With a cache, idx follows
+        its tokens."""
+        h = self.hidden(idx, cache)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            return self.lm_head(h), None
+        h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+        head = self.lm_head
+        if (h.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and hasattr(head, "weight") and h.dtype == head.weight.dtype == torch.float32):
+            return None, chunked_cross_entropy(h, head.weight, targets)  # (a LoRALinear head has no .weight)
+        return None, F.cross_entropy(head(h).float(), targets, ignore_index=-1)
 
     def hidden(self, idx, cache=None):
         """The final normed hidden states (B, T, n_embd); advances the cache when given one."""

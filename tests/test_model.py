@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
-from model import (GPT, ContextFullError, GPTConfig, apply_rotary, estimate_mfu, load_checkpoint,
-                   model_from_checkpoint, norm, rotate_complex, rotate_real, sample, save_checkpoint)
+from model import (GPT, ContextFullError, GPTConfig, apply_rotary, chunked_cross_entropy, estimate_mfu,
+                   load_checkpoint, model_from_checkpoint, norm, rotate_complex, rotate_real, sample,
+                   save_checkpoint)
 
 
 def tiny(**kw):
@@ -22,7 +23,7 @@ def test_shapes_and_loss(mlp):
     logits, loss = model(idx)
     assert logits.shape == (3, 10, 97) and loss is None
     logits, loss = model(idx, idx)
-    assert loss.shape == () and 3.5 < loss.item() < 5.5  # about ln(97) = 4.57 at init
+    assert logits is None and loss.shape == () and 3.5 < loss.item() < 5.5  # about ln(97) = 4.57 at init
 
 
 def test_ignored_targets_do_not_count():
@@ -30,9 +31,31 @@ def test_ignored_targets_do_not_count():
     idx = torch.randint(0, 97, (2, 8))
     targets = idx.clone()
     targets[:, :5] = -1
-    logits, loss = model(idx, targets)
+    logits = model(idx)[0]
     expected = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 97), idx[:, 5:].reshape(-1))
+    assert torch.allclose(model(idx, targets)[1], expected)      # training: the chunked head loss
+    with torch.no_grad():
+        assert torch.allclose(model(idx, targets)[1], expected)  # evaluation: logits + F.cross_entropy
+    assert torch.isnan(model(idx, torch.full_like(idx, -1))[1])  # nothing to count: NaN, as F.cross_entropy
+
+
+def test_chunked_head_loss_equals_plain_cross_entropy():
+    # a 131,072-token vocabulary makes chunks of 16 rows: 50 rows are 4 chunks, the last one short
+    torch.manual_seed(0)
+    h = torch.randn(50, 8, requires_grad=True)
+    weight = torch.randn(2 ** 17, 8, requires_grad=True)
+    targets = torch.randint(0, 2 ** 17, (50,))
+    targets[[3, 17, 49]] = -1
+    loss = chunked_cross_entropy(h, weight, targets)
+    (2 * loss).backward()
+    grads = h.grad, weight.grad
+    h.grad = weight.grad = None
+    expected = torch.nn.functional.cross_entropy(h @ weight.t(), targets, ignore_index=-1)
+    (2 * expected).backward()
     assert torch.allclose(loss, expected)
+    # sums over 131,072 logits in float32, in another order: equal to ~1e-6 (the gradients are ~0.1)
+    assert torch.allclose(grads[0], h.grad, atol=1e-5) and torch.allclose(grads[1], weight.grad, atol=1e-7)
+    assert grads[0][[3, 17, 49]].abs().sum() == 0 and grads[0][[0, 16, 48]].abs().min() > 0
 
 
 def test_causality():
