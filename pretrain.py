@@ -17,7 +17,7 @@ What happens, top to bottom, and why:
   stable, then a linear decay over the last decay_frac of training), gradient clipping,
   gradient accumulation (grad_accum_steps is the global count, split across processes).
 - CUDA: bf16 autocast (fp16 + GradScaler on GPUs without bf16), TF32 matmuls, torch.compile.
-  CPU: float32, compile off by default (about +10% after ~30 s of compiling: rarely worth it).
+  CPU: float32, compile off by default (a few % faster after ~30 s of compiling: rarely worth it).
 - every eval_interval steps: train/val loss on fixed windows, validation bits per byte
   (val nats per token x tokens per byte of the val split / ln 2: comparable across tokenizers),
   a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically.

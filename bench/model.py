@@ -6,7 +6,8 @@ bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side
 
 1. speed: training tokens/s (forward + backward + AdamW step) at darija_small's shape
    (4 layers x 256, context 256, batch 16, vocab 8,192) for ours with each MLP and for the
-   baseline; the figure that matters is the ratio in the same run (target >= 1.0).
+   baseline; the figure that matters is the ratio in the same run (target >= 1.0). One more row
+   gives ours nanoGPT's loss (whole logits + F.cross_entropy): the architecture's share alone.
 2. quality: validation bits per byte of ours and the baseline after the same number of training
    tokens, same data, tokenizer, optimizer and schedule, on ../shared/data/darija/pretrain
    (target: ours lower). The tokenized data is cached in bench/results/.
@@ -86,10 +87,28 @@ class Baseline(nn.Module):
                                  lr=learning_rate, betas=betas)
 
 
+class PlainLoss(nn.Module):
+    """Our GPT with nanoGPT's loss (all the logits, then F.cross_entropy) instead of model.py's
+    chunked head loss: the speed of the architecture alone."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, idx, targets):
+        logits = self.gpt.lm_head(self.gpt.hidden(idx))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def configure_optimizers(self, *args):
+        return self.gpt.configure_optimizers(*args)
+
+
 def build(kind, **shape):
     torch.manual_seed(0)
     if kind == "baseline":
         return Baseline(GPTConfig(**shape))
+    if kind.endswith("+plain loss"):
+        return PlainLoss(GPT(GPTConfig(mlp=kind.split("+")[0], **shape)))
     return GPT(GPTConfig(mlp=kind, **shape))
 
 
@@ -97,9 +116,8 @@ def build(kind, **shape):
 
 def bench_speed(args):
     shape = dict(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
-    rows = [("eager", kind) for kind in ("baseline", "swiglu", "relu2")]
-    if args.compile:
-        rows += [("compiled", kind) for kind in ("baseline", "swiglu", "relu2")]
+    kinds = ("baseline", "swiglu", "relu2", "relu2+plain loss")
+    rows = [("eager", kind) for kind in kinds] + [("compiled", kind) for kind in kinds if args.compile]
     x = torch.randint(0, 8192, (16, 256))
     runs = {}
     for mode, kind in rows:
@@ -130,7 +148,7 @@ def bench_speed(args):
         wall, cpu = (min(t[i] for t in runs[(mode, kind)][2]) for i in (0, 1))
         base_wall, base_cpu = (min(t[i] for t in runs[(mode, "baseline")][2]) for i in (0, 1))
         params = sum(p.numel() for p in runs[(mode, kind)][0].parameters())
-        name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind}"
+        name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind.replace('+plain loss', ', nanoGPT loss')}"
         print(f"| {mode} | {name} | {params / 1e6:.2f}M | {16 * 256 / wall:,.0f} | {base_wall / wall:.2f} | "
               f"{base_cpu / cpu:.2f} |", flush=True)
 
