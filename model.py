@@ -143,40 +143,6 @@ def rotate_real(x, cos, sin):  # the same rotation written out, which inductor f
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).type_as(x)
 
 
-class HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the logits h W^T against targets (-1: ignored), for float32 on the CPU,
-    computed a cache-sized chunk of rows at a time with its gradient (softmax - one-hot) worked
-    out on the spot: the (tokens x vocab) logits, their log-softmax and its gradient are never
-    all in memory, which makes the head and loss ~20% faster than logits + F.cross_entropy
-    (the head is ~40% of darija_small's step). Backward only scales the saved gradients."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets):
-        valid = targets != -1
-        share = valid / valid.sum()  # each counted row's weight in the mean (NaN if none: as F.cross_entropy)
-        rows = max(16, 2 ** 21 // weight.size(0))  # 2M logits a chunk: 8 MB, inside a CPU's L3 cache
-        loss, grad_h, grad_w = h.new_zeros(()), torch.empty_like(h), torch.zeros_like(weight)
-        for i in range(0, h.size(0), rows):
-            hc, tc, sc = h[i:i + rows], targets[i:i + rows].clamp_min(0)[:, None], share[i:i + rows, None]
-            logprobs = torch.log_softmax(hc @ weight.t(), -1)
-            loss -= (logprobs.gather(1, tc) * sc).sum()
-            dlogits = logprobs.exp_().scatter_add_(1, tc, torch.full_like(sc, -1.0))  # softmax - one-hot
-            torch.mm(dlogits, weight, out=grad_h[i:i + rows]).mul_(sc)  # scaling the thin factors, not dlogits
-            grad_w.addmm_(dlogits.t(), hc * sc)
-        ctx.save_for_backward(grad_h, grad_w)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None
-
-
-@torch.compiler.disable  # runs eagerly inside compiled graphs: its loop would be unrolled, chunk by chunk
-def chunked_cross_entropy(h, weight, targets):
-    return HeadCrossEntropy.apply(h, weight, targets)
-
-
 class KVCache:
     """Keys and values of every layer for the tokens fed so far, preallocated to block_size."""
 
@@ -276,6 +242,40 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, cache):
         x = x + self.attn(norm(x), cos, sin, cache)
         return x + self.mlp(norm(x))
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits h W^T against targets (-1: ignored), for float32 on the CPU,
+    computed a cache-sized chunk of rows at a time with its gradient (softmax - one-hot) worked
+    out on the spot: the (tokens x vocab) logits, their log-softmax and its gradient are never
+    all in memory, which makes the head and loss ~20% faster than logits + F.cross_entropy
+    (the head is ~40% of darija_small's step). Backward only scales the saved gradients."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        valid = targets != -1
+        share = valid / valid.sum()  # each counted row's weight in the mean (NaN if none: as F.cross_entropy)
+        rows = max(16, 2 ** 21 // weight.size(0))  # 2M logits a chunk: 8 MB, inside a CPU's L3 cache
+        loss, grad_h, grad_w = h.new_zeros(()), torch.empty_like(h), torch.zeros_like(weight)
+        for i in range(0, h.size(0), rows):
+            hc, tc, sc = h[i:i + rows], targets[i:i + rows].clamp_min(0)[:, None], share[i:i + rows, None]
+            logprobs = torch.log_softmax(hc @ weight.t(), -1)
+            loss -= (logprobs.gather(1, tc) * sc).sum()
+            dlogits = logprobs.exp_().scatter_add_(1, tc, torch.full_like(sc, -1.0))  # softmax - one-hot
+            torch.mm(dlogits, weight, out=grad_h[i:i + rows]).mul_(sc)  # scaling the thin factors, not dlogits
+            grad_w.addmm_(dlogits.t(), hc * sc)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None
+
+
+@torch.compiler.disable  # runs eagerly inside compiled graphs: its loop would be unrolled, chunk by chunk
+def chunked_cross_entropy(h, weight, targets):
+    return HeadCrossEntropy.apply(h, weight, targets)
 
 
 class GPT(nn.Module):
