@@ -409,6 +409,18 @@ def estimate_mfu(model, tokens_per_sec, peak_flops):
     return model.flops_per_token() * tokens_per_sec / peak_flops
 
 
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
+                   "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}  # dense
+
+
+def peak_flops(device):
+    """The dense bf16 peak FLOP/s of a CUDA device, from its name; 0 when unknown (or not CUDA)."""
+    if torch.device(device).type != "cuda":
+        return 0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 CHECKPOINT_KEYS = ("model", "model_config", "kind")

@@ -40,7 +40,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, save_checkpoint, unwrap
+from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, peak_flops, save_checkpoint, unwrap
 
 # --- settings (override with a config file and --key=value) ---
 # data and output
@@ -299,9 +299,7 @@ if master:
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=os.path.basename(out_dir), config=settings)
-peak_flops = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-              "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
-peak = next((v for k, v in peak_flops.items() if device_type == "cuda" and k in torch.cuda.get_device_name()), 0)
+peak = peak_flops(device)  # 0 (no MFU printed) off CUDA or on an unknown GPU
 tokens_per_step = grad_accum_steps * batch_size * block_size
 log(f"{world} process(es) on {device} ({dtype}), {tokens_per_step:,} tokens per step, {max_iters} steps")
 

@@ -1,0 +1,127 @@
+"""
+bench/gpu.py: the GPU figures in one short run, set up the way pretrain.py trains on CUDA (bf16
+autocast, TF32, torch.compile, fused AdamW) with attention held to the flash kernel:
+
+    python bench/gpu.py                  # on a CUDA machine: about 5 minutes, mostly compiling
+    python bench/gpu.py --models=124M --batch_size=32
+    python bench/gpu.py --device=cpu --tiny --steps=2    # this script's smoke test, on any machine
+
+1. 124M: GPT-2 small's size (12 x 768, 12 heads, context 1,024, vocab 50,304, tied): the model
+   whose MFU the targets name (>= 45% on an H100).
+2. darija_small and darija_base: the shapes of config/darija_small.py and config/darija_base.py
+   (read from the files), at their own micro-batch size and at 8x it for darija_small, which is
+   too small to fill a GPU at 16 x 256.
+
+Each model: a few untimed steps (compilation), then `--steps` timed steps of forward + backward +
+AdamW on random tokens. Prints tokens/s, MFU (model.py's estimate_mfu over the card's dense bf16
+peak; blank on an unknown card) and peak memory, with the card's name.
+"""
+import argparse
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from model import GPT, GPTConfig, estimate_mfu, peak_flops  # noqa: E402
+
+SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp")
+
+
+def from_config(name):
+    """The model shape and micro-batch size a config file sets (config files are plain Python)."""
+    scope = {}
+    with open(os.path.join(ROOT, "config", f"{name}.py")) as f:
+        exec(f.read(), scope)
+    return {k: scope[k] for k in SHAPE_KEYS if k in scope}, scope["batch_size"]
+
+
+def jobs(args):
+    """(label, model shape, batch size) for each row asked for."""
+    gpt2 = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_kv_head=12, n_embd=768, mlp="relu2")
+    for name in args.models.split(","):
+        if name == "124M":
+            rows = [("124M (GPT-2 small's size)", gpt2, args.batch_size or 16)]
+        elif name == "darija_small":
+            shape, batch = from_config(name)
+            rows = [("darija_small", shape, batch), ("darija_small, 8x the batch", shape, 8 * batch)]
+        elif name == "darija_base":
+            shape, batch = from_config(name)
+            rows = [("darija_base", shape, args.batch_size or batch)]
+        else:
+            sys.exit(f"unknown model {name!r}: choose among 124M, darija_small, darija_base")
+        for label, shape, batch in rows:
+            if args.tiny:  # the smoke test: same code path, shapes a CPU runs in seconds
+                shape = dict(shape, n_layer=2, n_embd=64, n_head=2, n_kv_head=2, block_size=64, vocab_size=512)
+                batch = 2
+            yield label, shape, batch
+
+
+def measure(shape, batch, args):
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**shape)).to(device)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+    step_model = torch.compile(model) if args.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    # Only the flash kernel: if it cannot run these inputs, this fails instead of silently falling back.
+    attention = sdpa_kernel(SDPBackend.FLASH_ATTENTION) if cuda else nullcontext()
+    x = torch.randint(0, shape["vocab_size"], (batch, shape["block_size"] + 1), device=device)
+
+    def step():
+        with autocast, attention:
+            _, loss = step_model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # compilation and allocator warm-up, not timed
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    tokens_per_sec = args.steps * batch * shape["block_size"] / (time.perf_counter() - t0)
+    peak = peak_flops(device)
+    mfu = f"{100 * estimate_mfu(model, tokens_per_sec, peak):.1f}%" if peak else ""
+    memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
+    return model.num_params(), tokens_per_sec, mfu, memory
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--models", default="124M,darija_small,darija_base")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch_size", type=int, default=0, help="micro-batch for 124M and darija_base (0: 16 / the config's)")
+    p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                   help="torch.compile (default: on for CUDA)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of this script")
+    args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("no CUDA device here: this benchmark is for a GPU (try --device=cpu --tiny for a smoke test)")
+    args.compile = args.device.startswith("cuda") if args.compile is None else args.compile
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        card = torch.cuda.get_device_name(args.device)
+    else:
+        card = f"CPU, {torch.get_num_threads()} threads"
+    print(f"{card}, torch {torch.__version__}, compile {args.compile}, {args.steps} timed steps")
+    print("| model | params | batch x context | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|")
+    for label, shape, batch in jobs(args):
+        params, tokens_per_sec, mfu, memory = measure(shape, batch, args)
+        print(f"| {label} | {params / 1e6:.1f}M | {batch} x {shape['block_size']} | {tokens_per_sec:,.0f} | "
+              f"{mfu} | {memory} |", flush=True)
