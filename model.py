@@ -29,7 +29,7 @@ API (stable: sft.py, lora.py and chat.py build on it)
                                          # over the others (NaN if every target is -1); logits None
     model.num_params()                   # unique parameters (a tied embedding counted once)
     model.flops_per_token()              # training FLOPs per token (6N + attention), for MFU
-    estimate_mfu(model, tokens_per_sec, peak_flops)
+    estimate_mfu(model, tokens_per_sec, peak_flops(device))   # peak: dense bf16 FLOP/s of a known GPU
     opt = model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
 
   Linear layers are plain nn.Linear, named (per block i, prefix "blocks.i."):
