@@ -361,8 +361,8 @@ if best_step == 0:
     print("note: val never improved on the base model's loss; adapter.pt holds the untrained (B = 0) adapter")
 metrics = dict(init_from=init_from, base=base_path, base_sha256=base_sha, sft_dataset=sft_dataset, seed=seed,
                rank=rank, alpha=alpha, targets=targets, token_rows=len(token_ids), task_token_rows=task_token_rows,
-               embedding_rank=embedding_rank,
-               learning_rate=learning_rate, trainable_params=n_train, base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3),
+               embedding_rank=embedding_rank, learning_rate=learning_rate,
+               trainable_params=n_train, base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3),
                steps=step, best_step=best_step, best_val_loss=best_val, sec_per_step=round(train_time / max(step, 1), 4),
                peak_memory_mb=round(peak_memory_mb(), 1),
                peak_memory_kind="cuda allocated" if device_type == "cuda" else "process RSS",

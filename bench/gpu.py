@@ -2,7 +2,7 @@
 bench/gpu.py: the GPU figures in one short run, set up the way pretrain.py trains on CUDA (bf16
 autocast, TF32, torch.compile, fused AdamW) with attention held to the flash kernel:
 
-    python bench/gpu.py                  # on a CUDA machine: about 5 minutes, mostly compiling
+    python bench/gpu.py                  # on a CUDA machine: expected ~5 minutes, mostly compiling
     python bench/gpu.py --models=124M --batch_size=32
     python bench/gpu.py --device=cpu --tiny --steps=2    # this script's smoke test, on any machine
 
@@ -106,8 +106,7 @@ if __name__ == "__main__":
     p.add_argument("--models", default="124M,darija_small,darija_base")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=0, help="micro-batch for 124M and darija_base (0: 16 / the config's)")
-    p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                   help="torch.compile (default: on for CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on for CUDA)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of this script")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
