@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT
+from configurator import setting_names
 
 
 def write_script(tmp_path, body):
@@ -23,6 +24,13 @@ def write_script(tmp_path, body):
 def run(script, *args):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           cwd=script.parent)
+
+
+def error(script, *args):
+    """The one line a mistake ends the script with (exit status 1, no traceback)."""
+    r = run(script, *args)
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    return r.stderr.strip()
 
 
 @pytest.fixture
@@ -46,37 +54,82 @@ def test_defaults_file_then_command_line(stage, tmp_path):
                                                init_from=None).items()))
 
 
-def test_space_separated_value_and_string_fallback(stage):
-    r = run(stage, "--out_dir", "out/z", "--init_from=resume")
+def test_string_fallback(stage):
+    r = run(stage, "--init_from=resume", "--out_dir=out/z")
     assert r.returncode == 0, r.stderr
-    assert "('out_dir', 'out/z')" in r.stdout and "('init_from', 'resume')" in r.stdout
+    assert "('init_from', 'resume')" in r.stdout and "('out_dir', 'out/z')" in r.stdout
+
+
+def test_space_separated_value_is_never_taken(stage):
+    # out_dir's default is a string: a bare --out_dir is a mistake, and out/z is not taken as its value
+    assert error(stage, "--out_dir", "out/z") == "config error: --out_dir needs a value: write --out_dir=VALUE"
+    assert error(stage, "--batch_size") == "config error: --batch_size needs a value: write --batch_size=VALUE"
+
+
+def test_bare_flag_then_config_file(stage, tmp_path):
+    """`--compile cfg.py` is compile=True followed by the config file, not compile='cfg.py'."""
+    (tmp_path / "cfg.py").write_text("batch_size = 8\n")
+    r = run(stage, "--compile", "cfg.py")
+    assert r.returncode == 0, r.stderr
+    assert "('compile', True)" in r.stdout and "('batch_size', 8)" in r.stdout
+
+
+def test_bare_flag_sets_a_none_default_to_true(stage):
+    r = run(stage, "--init_from")  # None often means "decide later" (pretrain.py's compile = None)
+    assert r.returncode == 0, r.stderr
+    assert "('init_from', True)" in r.stdout
 
 
 def test_unknown_key_on_command_line_names_closest(stage):
-    r = run(stage, "--batch_sise=4")
-    assert r.returncode != 0
-    assert "unknown config key 'batch_sise' in the command line; did you mean 'batch_size'?" in r.stderr
-    assert "Traceback" not in r.stderr  # the user's mistake, not the code's: a message, no traceback
+    # the user's mistake, not the code's: one line, no traceback; with or without a value
+    for arg in ("--batch_sise=4", "--batch_sise"):
+        assert error(stage, arg) == ("config error: unknown config key 'batch_sise' in the command line; "
+                                     "did you mean 'batch_size'?")
+
+
+def test_unknown_key_without_a_close_one_lists_the_valid_keys(stage):
+    assert error(stage, "--zzz=1") == ("config error: unknown config key 'zzz' in the command line; valid keys: "
+                                       "batch_size, compile, init_from, learning_rate, out_dir, sources")
 
 
 def test_unknown_key_in_file_names_file_and_closest(stage, tmp_path):
     (tmp_path / "cfg.py").write_text("learning_rat = 1e-3\n")
+    assert error(stage, "cfg.py") == ("config error: unknown config key 'learning_rat' in cfg.py; "
+                                      "did you mean 'learning_rate'?")
+
+
+def test_config_file_may_import_and_define_helpers(stage, tmp_path):
+    """Imported modules, functions and _private names in a config file are not settings."""
+    (tmp_path / "cfg.py").write_text("import math\n_base = 2\ndef double(x):\n    return 2 * x\n"
+                                     "batch_size = double(_base)\nlearning_rate = math.sqrt(4)\n"
+                                     "sources = [dict(path=p) for p in ('a', 'b')]\n")
     r = run(stage, "cfg.py")
-    assert r.returncode != 0
-    assert "unknown config key 'learning_rat' in cfg.py; did you mean 'learning_rate'?" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "('batch_size', 4)" in r.stdout and "('learning_rate', 2.0)" in r.stdout
+    assert "('sources', [{'path': 'a'}, {'path': 'b'}])" in r.stdout
 
 
 def test_wrong_type_is_an_error(stage):
-    r = run(stage, "--batch_size=abc")
-    assert r.returncode != 0
-    assert "config key 'batch_size' in the command line expects int (default 16), got str 'abc'" in r.stderr
-    r = run(stage, "--compile=1")
-    assert "expects bool" in r.stderr
+    assert error(stage, "--batch_size=abc") == ("config error: config key 'batch_size' in the command line "
+                                                "expects int (default 16), got str 'abc'")
+    assert error(stage, "--compile=1") == ("config error: config key 'compile' in the command line "
+                                           "expects bool (default False), got int 1")
+    assert error(stage, "--batch_size=True") == ("config error: config key 'batch_size' in the command line "
+                                                 "expects int (default 16), got bool True")
+
+
+def test_types_that_are_accepted(stage):
+    # an int for a float, a tuple for a list, anything for a None default
+    r = run(stage, "--learning_rate=1", "--sources=('b',)", "--init_from=[1]", "--compile=True")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(sorted(dict(batch_size=16, learning_rate=1.0, compile=True, out_dir="out/x",
+                                               sources=("b",), init_from=[1]).items()))
 
 
 def test_missing_file_and_stray_argument(stage):
-    assert "config file not found: nope.py" in run(stage, "nope.py").stderr
-    assert "don't know what to do with argument 'hello'" in run(stage, "hello").stderr
+    assert error(stage, "nope.py") == "config error: config file not found: nope.py"
+    assert error(stage, "hello") == ("config error: don't know what to do with argument 'hello': "
+                                     "expected a config file (.py) or --key=value")
 
 
 def test_sibling_keys_accepted_but_not_applied(tmp_path):
@@ -90,4 +143,29 @@ def test_sibling_keys_accepted_but_not_applied(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[('batch_size', 2)]"
     # names the sibling assigns after its configure() call are not settings
-    assert "unknown config key 'later'" in run(script, "--later=2").stderr
+    assert error(script, "--later=2") == ("config error: unknown config key 'later' in the command line; "
+                                          "valid keys: batch_size, vocab_size")
+    # a bare flag for a sibling's key is let through: the sibling checks it against its own default
+    assert run(script, "--vocab_size").stdout.strip() == "[('batch_size', 16)]"
+
+
+def test_configure_nested_in_main_guard_ends_the_settings(tmp_path):
+    """lora.py calls configure under `if __name__ == "__main__":` so that it can be imported."""
+    script = tmp_path / "guarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        from configurator import configure
+        rank = 4
+        alpha: float = 8.0
+        _private = 1
+        if __name__ == "__main__":
+            settings = configure(globals())
+            print(sorted(settings.items()))
+        later = 1
+    """))
+    assert setting_names(str(script)) == ["rank", "alpha"]
+    r = run(script, "--rank=8", "--alpha=16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[('alpha', 16.0), ('rank', 8)]"
+    assert error(script, "--later=2") == ("config error: unknown config key 'later' in the command line; "
+                                          "valid keys: alpha, rank")
