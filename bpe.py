@@ -1,26 +1,21 @@
 """
 bpe.py: a byte-level BPE tokenizer, from scratch, that gives exactly tiktoken's ids.
 
-What is in this file, in the order a text travels through it:
-1. Split patterns. Text is first cut into chunks by a regex, so that merges never
-   cross a word boundary. `gpt2`, `gpt4` (cl100k_base) and `o200k` are tiktoken's own
-   patterns; `darija` (the default) is GPT-4's with one change: a word is any run of
-   letters, combining marks and digits that contains a letter. That keeps Arabic harakat
-   and shadda inside their word (GPT-4 cuts at them: they are \\p{M}, not \\p{L}) and keeps
-   Arabizi words whole ("3afak", "sba7", "l9ahwa": digits used as letters), while
-   stand-alone numbers are still cut into groups of at most 3 digits.
-2. Training. The text is pre-tokenized once and each distinct chunk is counted. Merging
-   then only touches the chunks that contain the winning pair (an index from pair to
-   chunks), updates pair counts by the small difference each merge makes, and finds the
-   next best pair with a lazy max-heap. Ties go to the smallest pair of ids, so training
-   is deterministic. A chunk is held as a `str` with one character per token id, which lets
-   Python's C string search find the merge sites for us.
-3. Encoding and decoding, pure Python and readable, with a cache of encoded chunks.
-   A chunk is merged exactly like tiktoken does (lowest-ranked adjacent pair first), so
-   `to_tiktoken()` gives identical ids and is the fast path for whole datasets.
-   Special tokens follow tiktoken's rules: special text raises unless allowed.
-4. Chat: `render_conversation` (ids + loss mask) and `render_for_completion`, and a
-   streaming decoder that never prints half a UTF-8 character as U+FFFD.
+In the order a text travels through it:
+1. Split patterns: text is first cut into chunks by a regex, so merges never cross a word.
+   `gpt2`, `gpt4` (cl100k_base) and `o200k` are tiktoken's; `darija` (the default) is GPT-4's
+   with one change: a word is a run of letters, combining marks and digits that holds a letter.
+   That keeps harakat and shadda in their word (GPT-4 cuts at them: they are \\p{M}, not \\p{L})
+   and Arabizi words whole ("3afak", "sba7": digits used as letters).
+2. Training: each distinct chunk is counted once; a merge touches only the chunks holding its
+   pair (an index from pair to chunks), pair counts change by what each merge changes, and a
+   lazy max-heap gives the next pair (ties to the smallest ids: deterministic). A chunk is a
+   `str` with one character per token, so Python's C string search finds the merge sites.
+3. Encoding and decoding in plain Python, merging like tiktoken (lowest rank first), so
+   `to_tiktoken()` gives identical ids: the fast path for whole datasets. Special-token text
+   follows tiktoken's rules.
+4. Chat: the chat format (docs/formats.md), conversations packed into training rows with their
+   loss mask, and a streaming decoder that never prints half a UTF-8 character.
 5. Files: one JSON file (never pickle), versioned and checked on load.
 6. A command line: `python bpe.py train ...` and `python bpe.py compare ...`.
 
@@ -39,8 +34,7 @@ from pathlib import Path
 
 import regex
 
-# -----------------------------------------------------------------------------
-# 1. split patterns
+# --- 1. split patterns -------------------------------------------------------------------------
 
 PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
@@ -67,8 +61,7 @@ def compile_pattern(pattern):
                          f"or a valid regex") from None
 
 
-# -----------------------------------------------------------------------------
-# 2. training
+# --- 2. training -------------------------------------------------------------------------------
 
 def count_chunks(texts, compiled):
     """Pre-tokenize every document once and count each distinct chunk.
@@ -152,8 +145,7 @@ def merge_pair(pair, new, words, freqs, counts, where, heap):
         heapq.heappush(heap, (-c, q))
 
 
-# -----------------------------------------------------------------------------
-# 3.-5. the tokenizer
+# --- 3.-5. the tokenizer: encoding, decoding, chat, files --------------------------------------
 
 class Tokenizer:
     """Split pattern + merges + special tokens. Ids: bytes, then merges, then specials."""
@@ -195,13 +187,9 @@ class Tokenizer:
             raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 bytes "
                              f"+ {len(special_tokens)} special tokens = {256 + len(special_tokens)}")
         pattern, compiled = compile_pattern(pattern)
-        t0 = time.time()
-        if isinstance(texts, str):
-            texts = [texts]
-        chunks = count_chunks(texts, compiled)
+        chunks = count_chunks([texts] if isinstance(texts, str) else texts, compiled)
         if verbose:
-            print(f"pre-tokenized into {len(chunks):,} distinct chunks in {time.time() - t0:.1f} s",
-                  file=sys.stderr)
+            print(f"pre-tokenized into {len(chunks):,} distinct chunks", file=sys.stderr)
         merges = learn_merges(chunks, n_merges, verbose)
         first = 256 + n_merges
         return cls(pattern, merges, {s: first + i for i, s in enumerate(special_tokens)})
@@ -243,13 +231,12 @@ class Tokenizer:
         found = [token for token in disallowed_special if token in text]
         if found:
             token = min(found, key=text.index)  # the first one in the text, as tiktoken reports it
-            raise ValueError(
-                f"Encountered text corresponding to disallowed special token {token!r}.\n"
-                f"If you want this text to be encoded as a special token, pass it to "
-                f"`allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
-                f"If you want this text to be encoded as normal text, disable the check for this "
-                f"token by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
-                f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
+            raise ValueError(  # tiktoken's own message
+                f"Encountered text corresponding to disallowed special token {token!r}.\nIf you want this text to be "
+                f"encoded as a special token, pass it to `allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`."
+                f"\nIf you want this text to be encoded as normal text, disable the check for this token by passing "
+                f"`disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\nTo disable this check for all "
+                f"special tokens, pass `disallowed_special=()`.\n")
         if not allowed_special:
             return self.encode_ordinary(text)
         # Cut the text at the allowed special tokens (longest first, so none hides another).
@@ -276,55 +263,77 @@ class Tokenizer:
         return StreamDecoder(self)
 
     # --- chat -----------------------------------------------------------------
-
-    def _check_conversation(self, messages, last_role):
-        """Raise ValueError unless messages are [system?] user, assistant, user, ... ending
-        with `last_role`."""
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise ValueError("a conversation is a non-empty list of {'role': ..., 'content': ...} dicts")
-        missing = [s for s in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>")
-                   if s not in self.special_tokens]
-        if missing:
-            raise ValueError(f"this tokenizer has no chat tokens {missing}; train one with the defaults")
-        turns = list(messages)
-        for i, m in enumerate(turns):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-                raise ValueError(f"message {i}: role must be 'system', 'user' or 'assistant', "
-                                 f"got {m.get('role') if isinstance(m, dict) else m!r}")
-            if not isinstance(m.get("content"), str) or not m["content"]:
-                raise ValueError(f"message {i} ({m['role']}): content must be a non-empty string")
-        first = 1 if turns[0]["role"] == "system" else 0
-        for i, m in enumerate(turns[first:], start=first):
-            expected = ("user", "assistant")[(i - first) % 2]
-            if m["role"] == "system":
-                raise ValueError(f"message {i}: a system message may only come first")
-            if m["role"] != expected:
-                raise ValueError(f"message {i}: expected role {expected!r}, got {m['role']!r} (after an "
-                                 f"optional system message, user and assistant alternate, starting with user)")
-        turns = turns[first:]
-        if not turns or turns[-1]["role"] != last_role:
-            raise ValueError(f"the last message must have role {last_role!r}")
-
-    def _render(self, messages):
-        ids, mask = [self.eot_id], [0]
-        end = self.special_tokens["<|end|>"]
-        for m in messages:
-            content = self.encode_ordinary(m["content"])
-            learn = int(m["role"] == "assistant")
-            ids += [self.special_tokens[f"<|{m['role']}|>"]] + content + [end]
-            mask += [0] + [learn] * (len(content) + 1)
-        return ids, mask
+    # <|endoftext|> then <|role|> content <|end|> per turn (docs/formats.md); a prompt for the
+    # model ends with <|assistant|>. The loss mask is 1 on the assistant's tokens and their <|end|>.
 
     def render_conversation(self, messages):
-        """-> (ids, mask) for training: <|endoftext|> then <|role|> content <|end|> per turn;
-        the mask is 1 exactly on the assistant's content tokens and their <|end|>."""
-        self._check_conversation(messages, "assistant")
+        """-> (ids, mask) for training on a conversation that ends with the assistant."""
+        self._check_conversation(messages, last_role="assistant")
         return self._render(messages)
 
     def render_for_completion(self, messages):
-        """-> ids that ask the model for the next assistant turn (ends with <|assistant|>)."""
-        self._check_conversation(messages, "user")
+        """-> ids that ask the model for the next assistant turn (the messages end with the user)."""
+        self._check_conversation(messages, last_role="user")
         return self._render(messages)[0] + [self.special_tokens["<|assistant|>"]]
+
+    def _render(self, messages):
+        ids, mask = [self.eot_id], [0]
+        for message in messages:
+            content = self.encode_ordinary(message["content"])
+            learn = int(message["role"] == "assistant")
+            ids += [self.special_tokens[f"<|{message['role']}|>"]] + content + [self.special_tokens["<|end|>"]]
+            mask += [0] + [learn] * (len(content) + 1)
+        return ids, mask
+
+    def _check_conversation(self, messages, last_role):
+        """Raise ValueError unless messages are [system], user, assistant, user, ... ending with last_role."""
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("a conversation is a non-empty list of {'role': ..., 'content': ...} dicts")
+        missing = [s for s in SPECIAL_TOKENS if s not in self.special_tokens]
+        if missing:
+            raise ValueError(f"this tokenizer has no chat tokens {missing}; train one with the defaults")
+        first = 1 if isinstance(messages[0], dict) and messages[0].get("role") == "system" else 0
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else message
+            if not isinstance(message, dict) or role not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i}: role must be 'system', 'user' or 'assistant', got {role!r}")
+            if not isinstance(message.get("content"), str) or not message["content"]:
+                raise ValueError(f"message {i} ({role}): content must be a non-empty string")
+            expected = "system" if i < first else ("user", "assistant")[(i - first) % 2]
+            if role == "system" and expected != "system":
+                raise ValueError(f"message {i}: a system message may only come first")
+            if role != expected:
+                raise ValueError(f"message {i}: expected role {expected!r}, got {role!r} (after an optional "
+                                 f"system message, user and assistant alternate, starting with user)")
+        if len(messages) == first or messages[-1]["role"] != last_role:
+            raise ValueError(f"the last message must have role {last_role!r}")
+
+    def fit_conversation(self, messages, max_tokens):
+        """render_conversation, keeping only the leading exchanges that fit in max_tokens when the
+        whole does not; None when not even the first exchange fits."""
+        ids, mask = self.render_conversation(messages)
+        while len(ids) > max_tokens and sum(m["role"] == "assistant" for m in messages) > 1:
+            messages = messages[:-2]  # drop the last user/assistant exchange
+            ids, mask = self.render_conversation(messages)
+        return (ids, mask) if len(ids) <= max_tokens else None
+
+    def pack_conversations(self, conversations, row_len):
+        """Rendered conversations ((ids, mask), each at most row_len + 1 tokens) packed in order into
+        rows, none cut, padded with <|endoftext|> -> (inputs, targets), lists of rows of row_len ids.
+        A target is the next token where the mask says to learn it, else -1 (not in the loss)."""
+        rows = [([], [])]
+        for ids, mask in conversations:
+            if len(rows[-1][0]) + len(ids) > row_len + 1:
+                rows.append(([], []))
+            rows[-1][0].extend(ids)
+            rows[-1][1].extend(mask)
+        inputs, targets = [], []
+        for ids, mask in rows:
+            padding = row_len + 1 - len(ids)
+            ids, mask = ids + [self.eot_id] * padding, mask + [0] * padding
+            inputs.append(ids[:-1])
+            targets.append([token if learn else -1 for token, learn in zip(ids[1:], mask[1:])])
+        return inputs, targets
 
     # --- files and tiktoken -----------------------------------------------------
 
@@ -333,9 +342,8 @@ class Tokenizer:
         data = {"format": FORMAT, "version": VERSION, "pattern": self.pattern, "merges": [],
                 "special_tokens": self.special_tokens}
         if [v[0] for v in self.vocab[:256]] != list(range(256)):
-            data["byte_order"] = [v[0] for v in self.vocab[:256]]  # tiktoken's ids, from from_tiktoken
-        # One merge per line, so the file reads (and diffs) well. Quotes inside JSON strings
-        # are escaped, so '"merges": []' can only be the key itself.
+            data["byte_order"] = [v[0] for v in self.vocab[:256]]  # a tokenizer rebuilt from tiktoken's ranks
+        # One merge per line, so the file reads and diffs well ('"merges": []' can only be the key).
         merges = ",\n".join(f"[{a}, {b}]" for a, b in self.merges)
         text = json.dumps(data, ensure_ascii=False).replace('"merges": []', f'"merges": [\n{merges}\n]')
         path = Path(path)
@@ -371,25 +379,6 @@ class Tokenizer:
         return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=self._ranks,
                                  special_tokens=self.special_tokens)
 
-    @classmethod
-    def from_tiktoken(cls, encoding):
-        """Rebuild a tiktoken encoding ("gpt2", "cl100k_base", "o200k_base" or an Encoding)
-        as merges. tiktoken stores only ranks (bytes -> id); the merge that made the token
-        of rank r is the split into two parts that BPE with the ranks below r ends at."""
-        import tiktoken
-        enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
-        ranks = enc._mergeable_ranks
-        by_rank = sorted(ranks, key=ranks.get)
-        if [ranks[t] for t in by_rank] != list(range(len(by_rank))) or any(len(t) != 1 for t in by_rank[:256]):
-            raise ValueError(f"{enc.name}: ranks are not 256 bytes followed by merges")
-        merges = []
-        for r, token in enumerate(by_rank[256:], start=256):
-            splits = [k for k in range(1, len(token)) if ranks.get(token[:k], r) < r and ranks.get(token[k:], r) < r]
-            if len(splits) != 1:  # several ways to cut it: let BPE say which one it reaches
-                splits = [len(bpe_parts(token, ranks, r)[0])]
-            merges.append((ranks[token[:splits[0]]], ranks[token[splits[0]:]]))
-        return cls(enc._pat_str, merges, enc._special_tokens, [t[0] for t in by_rank[:256]])
-
 
 def bpe_parts(data, ranks, max_rank):
     """BPE on the bytes `data`, tiktoken's way: merge the adjacent pair whose bytes form the
@@ -423,8 +412,8 @@ class StreamDecoder:
 
 
 def load_minbpe(path):
-    """Read a minbpe `.model` file (the course's format: "minbpe v1", the pattern, the number
-    of special tokens, "token id" lines, then one merge "a b" per line) for comparisons."""
+    """Read a minbpe `.model` file, the format of the freeCodeCamp course this project reworks ("minbpe v1",
+    the pattern, the number of special tokens, "token id" lines, then one merge "a b" per line)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     if not lines or lines[0] != "minbpe v1":
         raise ValueError(f"{path}: not a minbpe v1 model file")
@@ -433,8 +422,7 @@ def load_minbpe(path):
     return Tokenizer(lines[1], [tuple(map(int, line.split())) for line in lines[3 + n:]], specials)
 
 
-# -----------------------------------------------------------------------------
-# 6. command line
+# --- 6. command line: python bpe.py compare [tokenizers] --heldout FILES --show TEXT -----------
 
 def read_documents(paths, field="text"):
     """Yield documents from .txt files (one document per file), .jsonl files (one per line,
@@ -467,44 +455,24 @@ def get_encoder(name):
     return tiktoken.get_encoding(name)
 
 
-def show(enc, text):
+def token_boundaries(enc, text):
     """The text cut at token boundaries, for learners: 3afak|·sba7|·lkhir (· is a space)."""
     pieces = [enc.decode_single_token_bytes(i).decode("utf-8", "backslashreplace") for i in enc.encode_ordinary(text)]
     return "|".join(p.replace(" ", "·").replace("\n", "\\n") for p in pieces)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer or compare tokenizers.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="learn a tokenizer from text and write it as JSON")
-    train.add_argument("inputs", nargs="+", help=".txt files, .jsonl files or folders")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--out", required=True, help="where to write the tokenizer (.json)")
-    train.add_argument("--pattern", default="darija", help=f"one of {list(PATTERNS)} or a regex")
-    train.add_argument("--field", default="text", help="the JSONL field holding the text")
-    train.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    compare = sub.add_parser("compare", help="bytes per token of several tokenizers on held-out text")
+    parser = argparse.ArgumentParser(description="Compare tokenizers (train one with prepare.py, which cleans text).")
+    compare = parser.add_subparsers(dest="command", required=True).add_parser(
+        "compare", help="bytes per token on held-out text, and/or how each tokenizer cuts a text")
     compare.add_argument("tokenizers", nargs="*", default=["gpt2", "cl100k_base", "o200k_base"],
-                         help="tiktoken names, our .json files, minbpe .model files")
+                        help="tiktoken names, our .json files, minbpe .model files")
     compare.add_argument("--heldout", nargs="*", default=[], help="held-out .txt/.jsonl files or folders")
-    compare.add_argument("--field", default="text")
-    compare.add_argument("--show", help="also print how each tokenizer cuts this text")
+    compare.add_argument("--field", default="text", help="the JSONL field holding the text")
+    compare.add_argument("--show", help="print how each tokenizer cuts this text")
     args = parser.parse_args(argv)
-
-    if args.command == "train":
-        if Path(args.out).exists() and not args.force:
-            raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
-        t0 = time.time()
-        try:
-            tok = Tokenizer.train(read_documents(args.inputs, args.field), args.vocab_size, args.pattern, verbose=True)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-        tok.save(args.out)
-        print(f"wrote {args.out}: vocab_size {tok.vocab_size} ({len(tok.merges)} merges, "
-              f"{len(tok.special_tokens)} special tokens) in {time.time() - t0:.1f} s")
-        return
     if not args.heldout and not args.show:
-        raise SystemExit("compare: give --heldout FILE (and/or --show TEXT)")
+        raise SystemExit("give --heldout FILE (bytes per token) and/or --show TEXT (token boundaries)")
     docs = list(read_documents(args.heldout, args.field))
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     if args.heldout:
@@ -518,7 +486,7 @@ def main(argv=None):
             n_tokens = sum(map(len, enc.encode_ordinary_batch(docs)))
             print(f"{name:<40} {enc.n_vocab:>8,} {n_tokens:>10,} {n_bytes / max(n_tokens, 1):>12.2f}")
         if args.show:
-            print(f"  {show(enc, args.show)}")
+            print(f"  {token_boundaries(enc, args.show)}")
 
 
 if __name__ == "__main__":

@@ -8,17 +8,18 @@ chat.py: talk to your model in the terminal.
     echo "salam" | python chat.py --ckpt out/darija_sft   # piped stdin: one turn per line
 
 What happens, top to bottom, and why:
-1. The checkpoint (any kind: base, sft, lora_merged; or a base plus a LoRA --adapter) is loaded
-   with its tokenizer. The tokenizer file's sha256 must match the one recorded at training time:
-   another tokenizer would silently turn the model's ids into the wrong text.
+1. The checkpoint (any kind: base, sft, lora_merged) is loaded with its tokenizer, whose sha256
+   must match the one recorded at training time: another tokenizer would silently turn the model's
+   ids into the wrong text. A base plus a LoRA --adapter is merged once by `python lora.py
+   --merge_adapter` (stages never import each other) into <adapter>.merged.pt, then reused.
 2. The conversation is kept both as messages and as the token ids the model actually saw and
    produced, in bpe.py's chat format, ending with <|assistant|>. A new turn appends the rendering
    of just that turn to those ids (the answers are not re-encoded from their text: a sampled answer
    is often not the canonical BPE encoding of what it decodes to, and re-encoding it would change
    the context). The whole context is passed to model.generate on every turn, with one KV cache
    that lives for the whole session: generate keeps the common prefix of what the cache holds and
-   the new context, so only the new turn is prefilled (the course re-ran the whole history for
-   every single token). The messages are rendered afresh only after /reset, /system or dropped
+   the new context, so only the new turn is prefilled (the freeCodeCamp course this project
+   reworks re-ran the whole history for every single token). The messages are rendered afresh only after /reset, /system or dropped
    turns. When the context would not leave room for an answer, the oldest turns are dropped (the
    system prompt stays) until half the room is free, with a notice: dropping changes the start of
    the context, so the cache is rebuilt, and halving makes that rare. A single over-long input is
@@ -36,14 +37,13 @@ What happens, top to bottom, and why:
 import argparse
 import glob
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-from bpe import Tokenizer
-from model import (ContextFullError, apply_adapter, load_adapter, load_checkpoint, model_from_checkpoint,
-                   sha256_of)
+from model import ContextFullError, load_with_tokenizer, model_from_checkpoint, sha256_of
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CHAT_KINDS = ("sft", "lora_merged")
@@ -90,11 +90,11 @@ def parse_args(argv=None):
 
 # --- 1. the checkpoint and its tokenizer ----------------------------------------------------------
 
-def peek_kind(path):
-    """A checkpoint's kind without reading its weights (mmap), or None when it is not one."""
+def peek(path):
+    """A checkpoint's or adapter's dict without reading its weights (mmap), or None for any other file."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return ckpt.get("kind") if isinstance(ckpt, dict) and "model" in ckpt else None
+        found = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return found if isinstance(found, dict) else None
     except Exception:
         return None
 
@@ -117,7 +117,11 @@ def pick_checkpoint():
     for d in glob.glob(os.path.join("out", "*")):
         pts = [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) != "last.pt"]
         paths += pts or glob.glob(os.path.join(d, "last.pt"))
-    found = [(os.path.getmtime(p), p, kind) for p in paths if (kind := peek_kind(p)) in ("base", *CHAT_KINDS)]
+    found = []
+    for path in paths:
+        kind = (peek(path) or {}).get("kind")
+        if kind in ("base", *CHAT_KINDS):
+            found.append((os.path.getmtime(path), path, kind))
     if not found:
         fail(f"no --ckpt given and no checkpoint found. {describe_out()}")
     chat = [f for f in found if f[2] in CHAT_KINDS]
@@ -127,13 +131,28 @@ def pick_checkpoint():
     return path
 
 
+def with_adapter(adapter, base_path):
+    """The checkpoint of the base with a LoRA adapter merged in, <adapter>.merged.pt: lora.py writes it
+    (`--merge_adapter`; stages never import each other), and it is reused while the adapter and the
+    base are still the files it was made from (it records their sha256)."""
+    if not os.path.isfile(adapter):
+        fail(f"no adapter at {adapter}. {describe_out()}")
+    merged = os.path.splitext(adapter)[0] + ".merged.pt"
+    made_from = (peek(merged) or {}).get("config", {}) if os.path.isfile(merged) else {}
+    if made_from.get("adapter_sha256") != sha256_of(adapter) or made_from.get("base_sha256") != sha256_of(base_path):
+        note(f"merging {adapter} into {base_path}: {merged}")
+        command = [sys.executable, os.path.join(ROOT, "lora.py"), f"--merge_adapter={adapter}", f"--init_from={base_path}"]
+        if subprocess.run(command, stdout=subprocess.DEVNULL).returncode:  # lora.py says why, on stderr
+            fail(f"could not apply the adapter {adapter} to {base_path} (see above)")
+    return merged
+
+
 def load(args):
     """-> (model, tokenizer, chat_mode, path) with every way the files can be wrong caught."""
     if args.adapter and not args.ckpt:  # the base the adapter was trained on, as it recorded it
-        try:
-            args.ckpt = load_adapter(args.adapter)["base"]
-        except (OSError, ValueError) as e:
-            fail(str(e))
+        args.ckpt = (peek(args.adapter) or {}).get("base")
+        if not args.ckpt:
+            fail(f"{args.adapter} is not a LoRA adapter file (lora.py writes them: out/NAME/adapter.pt)")
         note(f"no --ckpt given: using the adapter's base, {args.ckpt}")
     if args.ckpt:
         path = os.path.join(args.ckpt, "best.pt") if os.path.isdir(args.ckpt) else args.ckpt
@@ -141,42 +160,20 @@ def load(args):
             fail(f"no checkpoint at {path}. {describe_out()}")
     else:
         path = pick_checkpoint()
+    if args.adapter:  # adapters are trained on the chat format
+        path = with_adapter(args.adapter, path)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        ckpt = load_checkpoint(path, map_location=device)
+        ckpt, tok, tok_path = load_with_tokenizer(path, map_location=device)
         model = model_from_checkpoint(ckpt)
     except (ValueError, RuntimeError) as e:
         fail(f"cannot load {path}: {str(e).splitlines()[0]}")
-    tok_path = ckpt.get("tokenizer")
-    if not tok_path:
-        fail(f"{path} does not name its tokenizer file (saved without tokenizer=...): re-save it with one")
-    if not os.path.isfile(tok_path) and os.path.isfile(os.path.join(ROOT, tok_path)):
-        tok_path = os.path.join(ROOT, tok_path)  # a path relative to the project root, run from elsewhere
-    if not os.path.isfile(tok_path):
-        fail(f"{path} was trained with the tokenizer {tok_path}, which does not exist: run chat.py from "
-             f"the project root, or rebuild the data (python prepare.py config/NAME.py)")
-    if ckpt.get("tokenizer_sha256") and sha256_of(tok_path) != ckpt["tokenizer_sha256"]:
-        fail(f"{tok_path} has changed since {path} was trained (its sha256 differs from the one in the "
-             f"checkpoint): the model's token ids would decode to the wrong text; restore that tokenizer "
-             f"file or train again")
-    try:
-        tok = Tokenizer.load(tok_path)
-    except ValueError as e:
-        fail(str(e))
     if tok.vocab_size > model.config.vocab_size:
         fail(f"{tok_path} has {tok.vocab_size} tokens but the model of {path} only {model.config.vocab_size}: "
              f"they do not belong together")
     chat_mode = ckpt["kind"] in CHAT_KINDS
-    if args.adapter:
-        if not os.path.isfile(args.adapter):
-            fail(f"no adapter at {args.adapter}. {describe_out()}")
-        try:  # checks that the adapter was trained on exactly this checkpoint, then merges it
-            model = apply_adapter(model, args.adapter, sha256_of(path))
-        except ValueError as e:
-            fail(str(e))
-        chat_mode = True  # adapters are trained on the chat format
     if chat_mode and not all(f"<|{r}|>" in tok.special_tokens for r in ("system", "user", "assistant", "end")):
         fail(f"{tok_path} has no chat tokens, so {path} cannot chat: rebuild the tokenizer with bpe.py's defaults")
     model.eval()
@@ -228,7 +225,7 @@ class Session:
     def reset(self):
         self.messages = self.messages[:1] if self.system else []
         self.ids = None
-        self.cache.reset()
+        self.cache.truncate(0)
 
     def input_limit(self):
         """Most tokens one message may have: the context minus the answer's room and the framing."""

@@ -40,7 +40,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, peak_flops, save_checkpoint, unwrap
+from model import GPT, GPTConfig, estimate_mfu, learning_rate_at, load_checkpoint, peak_flops, save_checkpoint
 
 # --- settings (override with a config file and --key=value) ---
 # data and output
@@ -178,6 +178,7 @@ config = GPTConfig(vocab_size=meta["vocab_size"], block_size=block_size, n_layer
                    n_kv_head=n_kv_head, n_embd=n_embd, mlp=mlp, tie_embeddings=tie_embeddings,
                    dropout=dropout, rope_theta=rope_theta)
 model = GPT(config).to(device)
+model.chunked_loss = device_type == "cpu" and dtype == "float32"  # model.py's speed trick for CPU training
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 start_iter, best_val_loss = 0, None
 last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
@@ -205,17 +206,6 @@ if compile:
     model = torch.compile(model)
 train_model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else model
 decay_iters = lr_decay_iters or max_iters
-
-
-def get_lr(it):
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / warmup_iters
-    if lr_schedule == "wsd":
-        decay_start = decay_iters * (1 - decay_frac)
-        return learning_rate if it < decay_start else \
-            min_lr + (learning_rate - min_lr) * max(0.0, decay_iters - it) / (decay_iters - decay_start)
-    progress = min(1.0, (it - warmup_iters) / max(1, decay_iters - warmup_iters))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
 @torch.no_grad()
@@ -306,7 +296,7 @@ log(f"{world} process(es) on {device} ({dtype}), {tokens_per_step:,} tokens per 
 # --- the training loop ---
 it, t0, dt_avg, nan = start_iter, time.time(), None, False
 while it < max_iters:
-    lr = get_lr(it)
+    lr = learning_rate_at(it, learning_rate, min_lr, warmup_iters, decay_iters, lr_schedule, decay_frac)
     for group in optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(seed + it)  # dropout masks depend only on the step: resuming is exact

@@ -115,7 +115,7 @@ def conversation(model, tok, answer_tokens, turns, keep_cache):
     t0, first, prefilled, longest = time.perf_counter(), 0.0, 0, 0
     for i in range(turns):
         if not keep_cache:
-            s.cache.reset()  # the whole history is prefilled again
+            s.cache.truncate(0)  # the whole history is prefilled again
         st = timed_answer(s, texts[i % len(texts)])
         first += st["first_token_s"]
         prefilled += st["prompt"] - st["cached"]

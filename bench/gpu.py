@@ -17,6 +17,7 @@ AdamW on random tokens. Prints tokens/s, MFU (model.py's estimate_mfu over the c
 peak; blank on an unknown card) and peak memory, with the card's name.
 """
 import argparse
+import ast
 import os
 import sys
 import time
@@ -32,12 +33,29 @@ from model import GPT, GPTConfig, estimate_mfu, peak_flops  # noqa: E402
 SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp")
 
 
+def declared_settings(script):
+    """A stage script's settings as it declares them: its statements before the configure() call."""
+    path = os.path.join(ROOT, script)
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    body = []
+    for statement in tree.body:
+        if any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "configure"
+               for node in ast.walk(statement)):
+            break
+        body.append(statement)
+    scope = {"__file__": path}
+    exec(compile(ast.Module(body, type_ignores=[]), path, "exec"), scope)
+    return scope
+
+
 def from_config(name):
-    """The model shape and micro-batch size a config file sets (config files are plain Python)."""
-    scope = {}
-    with open(os.path.join(ROOT, "config", f"{name}.py")) as f:
+    """The model shape and micro-batch size of a run: prepare.py's and pretrain.py's defaults, then
+    what its config file changes (config files hold only what differs)."""
+    scope = {**declared_settings("prepare.py"), **declared_settings("pretrain.py")}
+    with open(os.path.join(ROOT, "config", f"{name}.py"), encoding="utf-8") as f:
         exec(f.read(), scope)
-    return {k: scope[k] for k in SHAPE_KEYS if k in scope}, scope["batch_size"]
+    return {k: scope[k] for k in SHAPE_KEYS}, scope["batch_size"]
 
 
 def jobs(args):

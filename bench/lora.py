@@ -27,7 +27,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import add_lora, load_adapter, load_checkpoint, model_from_checkpoint, sha256_of  # noqa: E402
+from lora import add_lora, load_adapter  # noqa: E402
+from model import load_checkpoint, model_from_checkpoint, sha256_of  # noqa: E402
 
 SFT_OUT, LORA_OUT = "out/bench_sft", "out/bench_lora"
 # sft.py settings that LoRA must share to be comparable. The learning rate is not one of them:
@@ -48,6 +49,7 @@ def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
         a = load_adapter(adapter_path)
         add_lora(model, a["rank"], a["alpha"], a["targets"], token_ids=a.get("token_ids", ()),
                  embedding_rank=a.get("embedding_rank", 0))
+    model.chunked_loss = device == "cpu"  # as sft.py and lora.py train on a CPU
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), generator=g).to(device)
@@ -112,7 +114,7 @@ def main():
         print(f"reusing {lora_out}: same base and settings (pass any lora.py setting to run it again)")
     else:
         lora_args = [f"--{k}={v}" if isinstance(v, str) else f"--{k}={v!r}" for k, v in settings.items()]
-        run([sys.executable, "lora.py", *lora_args, f"--out_dir={lora_out}", f"--compare_to={sft_out}",
+        run([sys.executable, "lora.py", *lora_args, f"--out_dir={lora_out}",
              "--sft_config=", "--force", *extra])
 
     with open(sft_metrics, encoding="utf-8") as f:

@@ -9,28 +9,22 @@ val_fraction = 0.01
 tokenizer_train_bytes = 50_000_000
 
 # --- model and training (pretrain.py) ---
-# About 98M parameters (12 layers x 768, 12 heads, ReLU² MLP, context 1024, vocab
-# 16,384 tied): a real GPU run. 524k tokens per step (16 x 1024 x 32 accumulation steps, split across
-# the GPUs: keep grad_accum_steps a multiple of their number), 3,000 steps = 1.6B tokens.
-# Expected time: about 0.64 GFLOP per token for training, so at 40% MFU one H100 (989 TFLOP/s bf16)
-# does ~620k tokens/s (~45 min), one A100 (312) ~195k tokens/s (~2.3 h); divide by the number of
-# GPUs. These are estimates from FLOPs, not measurements (see the README).
+# About 98M parameters (12 layers x 768, 12 heads, ReLU² MLP, context 1024, vocab 16,384 tied): a real
+# GPU run. 524k tokens per step (16 x 1024 x 32 accumulation steps, split across the GPUs: keep
+# grad_accum_steps a multiple of their number), 3,000 steps = 1.6B tokens. Expected time, from FLOPs
+# (0.64 GFLOP per training token) at 40% MFU, not yet measured: ~45 min on one H100, ~2.3 h on one
+# A100; divide by the number of GPUs. `python bench/gpu.py` measures the real rate.
 #   torchrun --standalone --nproc_per_node=8 pretrain.py config/darija_base.py
 n_layer = 12
 n_head = 12
 n_kv_head = 12
 n_embd = 768
 block_size = 1024
-mlp = "relu2"
-dropout = 0.0
-batch_size = 16
 grad_accum_steps = 32
 max_iters = 3000
 learning_rate = 6e-4
 min_lr = 6e-5
 warmup_iters = 200
 lr_schedule = "wsd"
-decay_frac = 0.2
 eval_interval = 250
 eval_iters = 50
-log_interval = 10

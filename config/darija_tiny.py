@@ -19,5 +19,4 @@ learning_rate = 3e-3
 min_lr = 3e-4
 eval_interval = 20
 eval_iters = 2
-log_interval = 10
 sample_tokens = 16

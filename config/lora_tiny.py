@@ -6,7 +6,6 @@ init_from = "out/darija_tiny"
 out_dir = "out/darija_tiny_lora"
 sft_dataset = "darija_tiny"               # the dataset sft_tiny builds (a dataset is tied to its tokenizer)
 sft_config = "config/sft_tiny.py"         # builds it when missing
-compare_to = "out/darija_tiny_sft"
 
 rank = 4
 alpha = 8.0

@@ -154,9 +154,22 @@ def test_round_trip_and_export_on_any_text(tok, text):
     assert ids == tok.to_tiktoken().encode_ordinary(text)
 
 
-@functools.lru_cache(maxsize=None)
-def from_tiktoken(name):  # rebuilding o200k_base's merges takes seconds: once per run
-    return Tokenizer.from_tiktoken(name)
+@functools.lru_cache(maxsize=None)  # rebuilding o200k_base's merges takes seconds: once per run
+def from_tiktoken(name):
+    """One of tiktoken's encodings rebuilt as our merges, so our encoder can be checked against its ids.
+    tiktoken stores only ranks (bytes -> id); the merge that made the token of rank r is the cut into
+    two parts that BPE with the ranks below r ends at."""
+    enc = tiktoken.get_encoding(name)
+    ranks = enc._mergeable_ranks
+    by_rank = sorted(ranks, key=ranks.get)
+    assert [ranks[t] for t in by_rank] == list(range(len(by_rank))) and all(len(t) == 1 for t in by_rank[:256])
+    merges = []
+    for r, token in enumerate(by_rank[256:], start=256):
+        cuts = [k for k in range(1, len(token)) if ranks.get(token[:k], r) < r and ranks.get(token[k:], r) < r]
+        if len(cuts) != 1:  # several ways to cut it: let BPE say which one it reaches
+            cuts = [len(bpe.bpe_parts(token, ranks, r)[0])]
+        merges.append((ranks[token[:cuts[0]]], ranks[token[cuts[0]:]]))
+    return Tokenizer(enc._pat_str, merges, enc._special_tokens, [t[0] for t in by_rank[:256]])
 
 
 @pytest.fixture(scope="module", params=["gpt2", "cl100k_base", "o200k_base"])
@@ -353,6 +366,30 @@ def test_render_for_completion_must_end_with_user(tok):
         Tokenizer.train(CORPUS, 300, special_tokens=["<|endoftext|>"]).render_for_completion([{"role": "user", "content": "a"}])
 
 
+def test_fit_conversation_keeps_the_leading_exchanges_that_fit(tok):
+    chat = [{"role": "user", "content": "salam"}, {"role": "assistant", "content": "ahlan"},
+            {"role": "user", "content": "labas?"}, {"role": "assistant", "content": "labas hamdollah"}]
+    whole = tok.render_conversation(chat)
+    first = tok.render_conversation(chat[:2])
+    assert tok.fit_conversation(chat, len(whole[0])) == whole
+    assert tok.fit_conversation(chat, len(whole[0]) - 1) == first  # the last exchange dropped, not cut
+    assert tok.fit_conversation(chat, len(first[0]) - 1) is None   # not even the first exchange fits
+
+
+def test_pack_conversations_rows_and_targets(tok):
+    s = tok.special_tokens
+    a = ([s["<|endoftext|>"], s["<|user|>"], 97, s["<|end|>"], s["<|assistant|>"], 98, s["<|end|>"]],
+         [0, 0, 0, 0, 0, 1, 1])
+    b = ([s["<|endoftext|>"], s["<|user|>"], 99, s["<|end|>"], s["<|assistant|>"], 100, 101, s["<|end|>"]],
+         [0, 0, 0, 0, 0, 1, 1, 1])
+    inputs, targets = tok.pack_conversations([a, b, a], row_len=14)
+    eot, pad = s["<|endoftext|>"], -1
+    # a and b fit in one row of 15 tokens (7 + 8); the second a starts a new row, padded with <|endoftext|>
+    assert inputs == [a[0] + b[0][:-1], a[0] + [eot] * 7]
+    assert targets == [[pad] * 4 + [98, s["<|end|>"]] + [pad] * 5 + [100, 101, s["<|end|>"]],
+                       [pad] * 4 + [98, s["<|end|>"]] + [pad] * 8]
+
+
 # --- minbpe files and the command line --------------------------------------------
 
 def test_load_minbpe(tmp_path):
@@ -365,19 +402,15 @@ def test_load_minbpe(tmp_path):
         bpe.load_minbpe(path)
 
 
-def test_cli_train_and_compare(tmp_path, capsys):
+def test_cli_compare(tmp_path, capsys):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("\n".join(CORPUS[:3]), encoding="utf-8")
     (tmp_path / "corpus" / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in CORPUS[3:6]), encoding="utf-8")
-    out = tmp_path / "tok.json"
-    bpe.main(["train", str(tmp_path / "corpus"), "--vocab-size", "300", "--out", str(out)])
-    tok = Tokenizer.load(out)
-    assert tok.vocab_size == 300
-    assert tok.merges == Tokenizer.train(["\n".join(CORPUS[:3])] + CORPUS[3:6], 300).merges
-    assert "wrote" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="exists; pass --force to overwrite it"):
-        bpe.main(["train", str(tmp_path / "corpus"), "--vocab-size", "300", "--out", str(out)])
-    bpe.main(["compare", str(out), "gpt2", "--heldout", str(tmp_path / "corpus" / "b.jsonl"), "--show", "3afak sba7"])
+    tok = Tokenizer.train(bpe.read_documents([tmp_path / "corpus"]), 300)
+    assert tok.merges == Tokenizer.train(["\n".join(CORPUS[:3])] + CORPUS[3:6], 300).merges  # a .txt is one document
+    tok.save(tmp_path / "tok.json")
+    bpe.main(["compare", str(tmp_path / "tok.json"), "gpt2", "--heldout", str(tmp_path / "corpus" / "b.jsonl"),
+              "--show", "3afak sba7"])
     lines = capsys.readouterr().out.splitlines()
     n_bytes = sum(len(t.encode()) for t in CORPUS[3:6])
     n_tokens = sum(len(tok.encode_ordinary(t)) for t in CORPUS[3:6])
@@ -390,11 +423,13 @@ def test_cli_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
     with pytest.raises(SystemExit, match=r"bad\.jsonl:2: not a JSON object with a 'text' field"):
-        bpe.main(["train", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t.json")])
-    with pytest.raises(SystemExit, match="error: vocab_size=10 is too small"):
-        bpe.main(["train", str(tmp_path), "--vocab-size", "10", "--out", str(tmp_path / "t.json")])
+        bpe.main(["compare", "gpt2", "--heldout", str(bad)])
     with pytest.raises(SystemExit, match=r"expected a \.txt or \.jsonl file or a folder"):
-        bpe.main(["train", str(tmp_path / "x.csv"), "--vocab-size", "300", "--out", str(tmp_path / "t.json")])
+        bpe.main(["compare", "gpt2", "--heldout", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit, match="give --heldout FILE"):
+        bpe.main(["compare", "gpt2"])
+    with pytest.raises(SystemExit, match="cannot load tokenizer 'nope.json'"):
+        bpe.main(["compare", "nope.json", "--show", "salam"])
 
 
 @pytest.mark.slow

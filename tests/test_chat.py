@@ -23,8 +23,8 @@ import torch
 
 from bpe import Tokenizer
 from conftest import ROOT
-from model import (GPT, GPTConfig, add_lora, load_checkpoint, model_from_checkpoint, save_adapter, save_checkpoint,
-                   sha256_of)
+from lora import add_lora, save_adapter
+from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint, sha256_of
 
 ANSWER = "mar7ba bik! مرحبا بيك"
 WORDS = "salam kidayr labas 3afak sba7 lkhir wach nta mzyan chno smitek fin ghadi bghit m3ak شكرا سلام واش".split()
@@ -283,32 +283,38 @@ def test_base_checkpoint_gets_completion_mode(work, monkeypatch, capsys):
 def test_adapter_on_its_base_chats_and_on_another_base_is_refused(work, monkeypatch, capsys):
     adapter = ["--adapter", "out/lora/adapter.pt", "--prompt", "salam", "--temperature", "0"]
     assert chat_main(monkeypatch, work, "--ckpt", "out/base", *adapter) is None
-    assert capsys.readouterr() == (ANSWER + "\n", "")  # chat mode: no completion-mode notice
+    assert capsys.readouterr() == (ANSWER + "\n", "merging out/lora/adapter.pt into out/base/best.pt: "
+                                                   "out/lora/adapter.merged.pt\n")  # chat mode: no other notice
     assert chat_main(monkeypatch, work, *adapter) is None  # no --ckpt: the base the adapter names
-    assert capsys.readouterr() == (ANSWER + "\n", f"no --ckpt given: using the adapter's base, "
-                                                   f"{work / 'out' / 'base' / 'best.pt'}\n")
-    assert chat_main(monkeypatch, work, "--ckpt", "out/chat", *adapter).startswith(
-        "chat.py: adapter out/lora/adapter.pt was trained on base ")
+    base = work / "out" / "base" / "best.pt"
+    assert capsys.readouterr() == (ANSWER + "\n", f"no --ckpt given: using the adapter's base, {base}\n")  # merged: reused
+    # lora.py merges the adapter into the base once (stages never import each other); then it is reused
+    assert load_checkpoint(work / "out/lora/adapter.merged.pt")["kind"] == "lora_merged"
+    refused = run(work, "--ckpt", "out/chat", *adapter)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "lora.py: adapter out/lora/adapter.pt was trained on base " in refused.stderr
+    assert refused.stderr.strip().endswith("chat.py: could not apply the adapter out/lora/adapter.pt to "
+                                           "out/chat/best.pt (see above)")
     assert chat_main(monkeypatch, work, "--ckpt", "out/base", "--adapter", "out/none.pt") == (
         "chat.py: no adapter at out/none.pt. out/ holds: out/base/ (best.pt), out/chat/ (best.pt), "
-        "out/endless/ (best.pt), out/lora/ (adapter.pt)")
+        "out/endless/ (best.pt), out/lora/ (adapter.merged.pt, adapter.pt)")
 
 
 def test_bad_checkpoints_give_clear_messages(work, monkeypatch, tmp_path):
     msg = chat_main(monkeypatch, work, "--ckpt", "out/nope")
-    assert msg == ("chat.py: no checkpoint at out/nope. out/ holds: out/base/ (best.pt), "
-                   "out/chat/ (best.pt), out/endless/ (best.pt), out/lora/ (adapter.pt)")
+    assert msg.startswith("chat.py: no checkpoint at out/nope. out/ holds: out/base/ (best.pt), "
+                          "out/chat/ (best.pt), out/endless/ (best.pt), out/lora/ (adapter")
     assert chat_main(monkeypatch, tmp_path).startswith("chat.py: no --ckpt given and no checkpoint found. "
                                                        "out/ holds no checkpoint yet: train one first")
     ckpt = load_checkpoint(work / "out" / "chat")
     model = model_from_checkpoint(ckpt)
     save_checkpoint(tmp_path / "gone.pt", model, kind="sft", tokenizer=str(tmp_path / "gone.json"))
     assert chat_main(monkeypatch, tmp_path, "--ckpt", "gone.pt") == (
-        f"chat.py: gone.pt was trained with the tokenizer {tmp_path / 'gone.json'}, which does not exist: "
-        f"run chat.py from the project root, or rebuild the data (python prepare.py config/NAME.py)")
+        f"chat.py: cannot load gone.pt: gone.pt was trained with the tokenizer {tmp_path / 'gone.json'}, which "
+        f"does not exist: run from the project root, or rebuild the data (python prepare.py config/NAME.py)")
     save_checkpoint(tmp_path / "other.pt", model, kind="sft", tokenizer=ckpt["tokenizer"], tokenizer_sha256="0" * 64)
     assert chat_main(monkeypatch, tmp_path, "--ckpt", "other.pt").startswith(
-        f"chat.py: {ckpt['tokenizer']} has changed since other.pt was trained (its sha256 differs")
+        f"chat.py: cannot load other.pt: {ckpt['tokenizer']} has changed since other.pt was trained (its sha256 differs")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert chat_main(monkeypatch, tmp_path, "--ckpt", "junk.pt").startswith(
         "chat.py: cannot load junk.pt: junk.pt is not a readable checkpoint")

@@ -1,4 +1,5 @@
-"""model.py: shapes, causality, KV-cache generation == recomputation, loss, checkpoints."""
+"""model.py: shapes, causality, KV-cache generation == recomputation, the loss (plain and chunked), the
+learning-rate schedule, checkpoints and the tokenizer each names."""
 import os
 import subprocess
 import sys
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
+from bpe import Tokenizer
 from model import (GPT, ContextFullError, GPTConfig, apply_rotary, chunked_cross_entropy, estimate_mfu,
-                   load_checkpoint, model_from_checkpoint, norm, rotate_complex, rotate_real, sample,
-                   save_checkpoint)
+                   learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint, norm,
+                   rotary_angles, sample, save_checkpoint, sha256_of)
 
 
 def tiny(**kw):
@@ -25,7 +27,10 @@ def test_shapes_and_loss(mlp):
     logits, loss = model(idx)
     assert logits.shape == (3, 10, 97) and loss is None
     logits, loss = model(idx, idx)
-    assert logits is None and loss.shape == () and 3.5 < loss.item() < 5.5  # about ln(97) = 4.57 at init
+    assert logits.shape == (3, 10, 97) and loss.shape == () and 3.5 < loss.item() < 5.5  # ~ln(97) = 4.57 at init
+    model.chunked_loss = True  # CPU training: the head's loss a chunk at a time, no logits built
+    chunked_logits, chunked = model(idx, idx)
+    assert chunked_logits is None and torch.allclose(chunked, loss)
 
 
 def test_ignored_targets_do_not_count():
@@ -35,9 +40,11 @@ def test_ignored_targets_do_not_count():
     targets[:, :5] = -1
     logits = model(idx)[0]
     expected = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 97), idx[:, 5:].reshape(-1))
+    assert torch.allclose(model(idx, targets)[1], expected)      # logits + F.cross_entropy
+    model.chunked_loss = True
     assert torch.allclose(model(idx, targets)[1], expected)      # training: the chunked head loss
     with torch.no_grad():
-        assert torch.allclose(model(idx, targets)[1], expected)  # evaluation: logits + F.cross_entropy
+        assert model(idx, targets)[0] is not None                # evaluation: the plain path again
     assert torch.isnan(model(idx, torch.full_like(idx, -1))[1])  # nothing to count: NaN, as F.cross_entropy
 
 
@@ -70,27 +77,34 @@ def test_causality():
     assert not torch.allclose(a[:, 9:], b[:, 9:])
 
 
-def test_rotary_forms_agree_and_rotate():
-    """The complex form (CPU, eager everywhere) and the real form (compiled on GPUs) rotate alike."""
-    model = tiny()
-    cos, sin = model.rotary_angles(3, 5, "cpu")
+def test_rotary_turns_each_pair_by_position_times_its_frequency():
+    cos, sin = rotary_angles(8, 10000.0, 3, 5, "cpu")
     x = torch.randn(2, 5, 4, 8)
     rotated = apply_rotary(x, cos, sin)
-    assert torch.equal(rotated, rotate_complex(x, cos, sin))
-    assert torch.allclose(rotate_real(x, cos, sin), rotated, atol=1e-6)
     assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
-    turned = torch.atan2(rotated[..., 1], rotated[..., 0]) - torch.atan2(x[..., 1], x[..., 0])
-    position = torch.arange(3.0, 8.0)[:, None]  # the first pair turns by position x theta^0 radians
-    assert torch.allclose(turned.cos(), position.cos(), atol=1e-4) and torch.allclose(turned.sin(), position.sin(), atol=1e-4)
-    assert torch.allclose(apply_rotary(x, *model.rotary_angles(0, 5, "cpu"))[:, 0], x[:, 0])  # position 0
+    for pair, frequency in ((0, 1.0), (2, 10000.0 ** -0.5)):  # pair i turns by position x theta^(-2i/8)
+        turned = torch.atan2(rotated[..., 2 * pair + 1], rotated[..., 2 * pair]) - \
+            torch.atan2(x[..., 2 * pair + 1], x[..., 2 * pair])
+        angle = torch.arange(3.0, 8.0)[:, None] * frequency
+        assert torch.allclose(turned.cos(), angle.cos(), atol=1e-4) and torch.allclose(turned.sin(), angle.sin(), atol=1e-4)
+    assert torch.equal(apply_rotary(x, *rotary_angles(8, 10000.0, 0, 5, "cpu"))[:, 0], x[:, 0])  # position 0
 
 
-def test_rms_norm_and_its_hand_written_backward():
+def test_rms_norm():
     x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
     y = norm(x)
     assert torch.allclose(y, x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6))
     assert torch.allclose((y * y).mean(-1), torch.ones(3, 5, dtype=torch.float64), atol=1e-6)
-    assert torch.autograd.gradcheck(norm, (x,))  # the backward against finite differences
+
+
+def test_learning_rate_schedules():
+    cosine = [learning_rate_at(step, 1.0, 0.1, 10, 110) for step in range(120)]
+    assert cosine[0] == 0.1 and cosine[9] == 1.0 and cosine[10] == 1.0  # linear warmup, then the peak
+    assert cosine[60] == pytest.approx(0.55) and cosine[110] == cosine[119] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    wsd = [learning_rate_at(step, 1.0, 0.1, 10, 110, "wsd", decay_frac=0.2) for step in range(120)]
+    assert wsd[10] == wsd[88] == 1.0 and wsd[99] == pytest.approx(0.1 + 0.9 * 11 / 22)  # decay from step 88
+    assert wsd[110] == wsd[119] == pytest.approx(0.1)
 
 
 def greedy_by_recompute(model, ids, n):
@@ -112,7 +126,7 @@ def test_cache_kept_across_calls():
     cache = model.new_cache()
     first = list(model.generate([1, 2, 3], 4, temperature=0, cache=cache))
     # the last yielded token is not fed yet: the cache holds the context and all but the last token
-    assert len(cache) == 3 + 3 and cache.tokens == [1, 2, 3] + first[:3]
+    assert cache.pos == 3 + 3 and cache.tokens == [1, 2, 3] + first[:3]
     turn2 = [1, 2, 3] + first + [7, 8]
     second = list(model.generate(turn2, 5, temperature=0, cache=cache))
     assert second == greedy_by_recompute(model, turn2, 5)[len(turn2):]
@@ -120,9 +134,9 @@ def test_cache_kept_across_calls():
     other = [1, 2, 9, 9]
     assert list(model.generate(other, 3, temperature=0, cache=cache)) == greedy_by_recompute(model, other, 3)[4:]
     cache.truncate(2)
-    assert cache.tokens == [1, 2] and len(cache) == 2
-    cache.reset()
-    assert len(cache) == 0
+    assert cache.tokens == [1, 2] and cache.pos == 2
+    cache.truncate(0)
+    assert cache.pos == 0 and cache.tokens == []
 
 
 def test_stop_ids_and_context_full():
@@ -209,6 +223,24 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(path))
     with pytest.raises(ValueError, match="kind must be"):
         save_checkpoint(str(path), tiny(), kind="chat")
+
+
+def test_load_with_tokenizer_checks_the_file_it_names(tmp_path):
+    tok = Tokenizer.train(["salam 3likom, kidayr? labas"] * 3, 256 + 5 + 10)
+    tok.save(tmp_path / "tok.json")
+    sha = sha256_of(tmp_path / "tok.json")
+    save_checkpoint(tmp_path / "ok.pt", tiny(), tokenizer=tmp_path / "tok.json", tokenizer_sha256=sha)
+    ckpt, loaded, path = load_with_tokenizer(tmp_path / "ok.pt")
+    assert loaded.merges == tok.merges and path == str(tmp_path / "tok.json") and ckpt["kind"] == "base"
+    save_checkpoint(tmp_path / "none.pt", tiny())
+    with pytest.raises(ValueError, match="does not name its tokenizer file"):
+        load_with_tokenizer(tmp_path / "none.pt")
+    save_checkpoint(tmp_path / "gone.pt", tiny(), tokenizer=tmp_path / "gone.json")
+    with pytest.raises(ValueError, match="was trained with the tokenizer .*gone.json, which does not exist"):
+        load_with_tokenizer(tmp_path / "gone.pt")
+    save_checkpoint(tmp_path / "other.pt", tiny(), tokenizer=tmp_path / "tok.json", tokenizer_sha256="0" * 64)
+    with pytest.raises(ValueError, match="tok.json has changed since .*other.pt was trained"):
+        load_with_tokenizer(tmp_path / "other.pt")
 
 
 def test_gpu_benchmark_runs_its_code_path_on_cpu():

@@ -153,7 +153,7 @@ def test_config_errors_end_to_end(workdir):
 
 def test_missing_data_runs_prepare_first(tmp_path):
     """A stand-in prepare.py (next to a copy of pretrain.py) writes the data; pretrain.py then trains."""
-    for f in ("pretrain.py", "model.py", "configurator.py"):
+    for f in ("pretrain.py", "model.py", "bpe.py", "configurator.py"):
         shutil.copy(os.path.join(ROOT, f), tmp_path)
     (tmp_path / "prepare.py").write_text(
         "import sys\nsys.path.insert(0, %r)\ndataset = 'x'\nfrom configurator import configure\n"
