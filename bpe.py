@@ -312,7 +312,7 @@ class Tokenizer:
         """render_conversation, keeping only the leading exchanges that fit in max_tokens when the
         whole does not; None when not even the first exchange fits."""
         ids, mask = self.render_conversation(messages)
-        while len(ids) > max_tokens and sum(m["role"] == "assistant" for m in messages) > 1:
+        while len(ids) > max_tokens and sum(message["role"] == "assistant" for message in messages) > 1:
             messages = messages[:-2]  # drop the last user/assistant exchange
             ids, mask = self.render_conversation(messages)
         return (ids, mask) if len(ids) <= max_tokens else None
@@ -365,7 +365,7 @@ class Tokenizer:
                              f"(this bpe.py reads version {VERSION}); update bpe.py")
         try:
             merges, specials = data["merges"], data["special_tokens"]
-            if not all(isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
+            if not all(isinstance(pair, list) and len(pair) == 2 and all(type(i) is int for i in pair) for pair in merges):
                 raise ValueError("merges must be [[a, b], ...] pairs of integer ids")
             if not isinstance(specials, dict) or not all(type(i) is int for i in specials.values()):
                 raise ValueError("special_tokens must map strings to integer ids")

@@ -19,11 +19,11 @@ What happens, top to bottom, and why:
    the context). The whole context is passed to model.generate on every turn, with one KV cache
    that lives for the whole session: generate keeps the common prefix of what the cache holds and
    the new context, so only the new turn is prefilled (the freeCodeCamp course this project
-   reworks re-ran the whole history for every single token). The messages are rendered afresh only after /reset, /system or dropped
-   turns. When the context would not leave room for an answer, the oldest turns are dropped (the
-   system prompt stays) until half the room is free, with a notice: dropping changes the start of
-   the context, so the cache is rebuilt, and halving makes that rare. A single over-long input is
-   truncated.
+   reworks re-ran the whole history for every single token). The messages are rendered afresh
+   only after /reset, /system or dropped turns. When the context would not leave room for an
+   answer, the oldest turns are dropped (the system prompt stays) until half the room is free,
+   with a notice: dropping changes the start of the context, so the cache is rebuilt, and halving
+   makes that rare. A single over-long input is truncated.
 3. Tokens are printed as they come through bpe.py's stream decoder, which holds back a UTF-8
    character split across byte-level tokens until it is whole (no U+FFFD in Arabic answers).
    An answer stops at <|end|> (or any special token), at --max_new_tokens, or on Ctrl-C.
@@ -141,8 +141,8 @@ def with_adapter(adapter, base_path):
     made_from = (peek(merged) or {}).get("config", {}) if os.path.isfile(merged) else {}
     if made_from.get("adapter_sha256") != sha256_of(adapter) or made_from.get("base_sha256") != sha256_of(base_path):
         note(f"merging {adapter} into {base_path}: {merged}")
-        command = [sys.executable, os.path.join(ROOT, "lora.py"), f"--merge_adapter={adapter}", f"--init_from={base_path}"]
-        if subprocess.run(command, stdout=subprocess.DEVNULL).returncode:  # lora.py says why, on stderr
+        lora = [sys.executable, os.path.join(ROOT, "lora.py"), f"--merge_adapter={adapter}", f"--init_from={base_path}"]
+        if subprocess.run(lora, stdout=subprocess.DEVNULL).returncode:  # lora.py says why, on stderr
             fail(f"could not apply the adapter {adapter} to {base_path} (see above)")
     return merged
 
@@ -217,7 +217,7 @@ class Session:
                 raise ValueError(f"the system prompt takes {n} tokens: too long for a context of "
                                  f"{self.block_size} with {self.reserve} kept for the answer; shorten it")
         self.system = text
-        self.messages = [m for m in self.messages if m["role"] != "system"]
+        self.messages = [message for message in self.messages if message["role"] != "system"]
         if text:
             self.messages.insert(0, {"role": "system", "content": text})
         self.ids = None  # the start of the context changed
@@ -269,7 +269,7 @@ class Session:
         while cached < min(len(ids) - 1, len(self.cache.tokens)) and self.cache.tokens[cached] == ids[cached]:
             cached += 1  # what generate will keep from the cache: only the rest is prefilled
         a = self.args
-        decoder, tokens, why, n = self.tok.stream_decoder(), [], "", 0
+        decoder, tokens, ended_by, n = self.tok.stream_decoder(), [], "", 0
         try:
             for t in self.model.generate(ids, min(a.max_new_tokens, self.block_size - len(ids)), a.temperature,
                                          a.top_k or None, a.top_p, self.stop_ids, self.cache):
@@ -282,14 +282,14 @@ class Session:
                 out.write(decoder.feed(t))
                 out.flush()
             else:
-                why = "[answer cut: context full]" if len(ids) + len(tokens) >= self.block_size else ""
+                ended_by = "[answer cut: context full]" if len(ids) + len(tokens) >= self.block_size else ""
         except KeyboardInterrupt:
-            why = "[stopped]"
+            ended_by = "[stopped]"
         decode_time = time.perf_counter() - t_first
         out.write(decoder.flush() + "\n")
         out.flush()
-        if why:
-            note(why)
+        if ended_by:
+            note(ended_by)
         self.stats = dict(tokens=len(tokens), first_token_s=t_first - t0, prompt=len(ids), cached=cached,
                           tokens_per_s=(n - 1) / max(decode_time, 1e-9) if n > 1 else 0.0)
         if self.show_speed:

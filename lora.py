@@ -49,7 +49,7 @@ merge_adapter = ""                  # only merge this adapter.pt into init_from 
 # the adapters (bench/README.md has the sweep behind these)
 rank = 2
 alpha = 10.0
-targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj": attn and mlp; add "c_gate" for swiglu)
+targets = ["c_q", "c_k", "c_v", "c_proj", "c_fc"]  # every block linear ("c_proj": attn and mlp; swiglu: + "c_gate")
 chat_token_rows = True              # also train the embedding rows of the chat tokens (new to a pre-trained base)
 task_token_rows = 195               # and those of the N tokens the task pulls hardest on
 embedding_rank = 2                  # > 0: also a rank-r update of the whole token embedding (and tied head)
@@ -151,7 +151,7 @@ def add_lora(model, rank, alpha, targets=("c_q", "c_k", "c_v", "c_proj"), token_
     """Freeze every parameter, wrap the block linear layers matching `targets` in LoRALinear and, given
     token_ids or embedding_rank, the embedding and head in EmbeddingUpdate. Returns the wrapped names."""
     model = unwrap(model)
-    if any(isinstance(m, (LoRALinear, EmbeddingUpdate)) for m in model.modules()):
+    if any(isinstance(module, (LoRALinear, EmbeddingUpdate)) for module in model.modules()):
         raise ValueError("the model already has LoRA adapters: merge_lora(model) first")
     model.requires_grad_(False)
     linears = [name for name, module in model.named_modules()
@@ -345,7 +345,8 @@ def task_tokens(model, n, chosen, inputs, targets, device):
         matrix.requires_grad_(True)
     score = torch.zeros(model.config.vocab_size, device=device)
     for i in range(0, min(len(inputs), 16 * batch_size), batch_size):
-        x, y = torch.tensor(inputs[i:i + batch_size], device=device), torch.tensor(targets[i:i + batch_size], device=device)
+        x = torch.tensor(inputs[i:i + batch_size], device=device)
+        y = torch.tensor(targets[i:i + batch_size], device=device)
         for grad in torch.autograd.grad(model(x, y)[1], matrices):
             score += grad.float().pow(2).sum(1)
     model.requires_grad_(False)
@@ -432,7 +433,8 @@ def main():
             for prompt in sample_prompts:
                 ids = tok.render_for_completion([{"role": "user", "content": prompt}])
                 room = min(max_new_tokens, T - len(ids))
-                answer = [t for t in raw_model.generate(ids, room, temperature=0, stop_ids=stop_ids) if t not in stop_ids]
+                answer = [token for token in raw_model.generate(ids, room, temperature=0, stop_ids=stop_ids)
+                          if token not in stop_ids]  # the answer without its <|end|>
                 print(f"  > {prompt}\n    {tok.decode(answer)!r}")
             if bad_evals >= patience:
                 print(f"early stop at step {step}: val has not improved for {patience} evals "

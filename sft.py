@@ -220,7 +220,7 @@ def group_items(items):
 
 def item_keys(item):
     if "messages" in item:
-        return [json.dumps([normalized(m["content"]) for m in item["messages"]], ensure_ascii=False)]
+        return [json.dumps([normalized(message["content"]) for message in item["messages"]], ensure_ascii=False)]
     return [f"{k}:{normalized(item[k])}" for k in ("latin", "arabic", "english") if k in item]
 
 
@@ -251,7 +251,7 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
         examples = pair_examples(item, rng) if "messages" not in item else [dict(item, task="chat")]
         split = "val" if group in val_groups else "train"
         for ex in examples:
-            key = json.dumps([ex["task"]] + [normalized(m["content"]) for m in ex["messages"] if m["role"] != "system"])
+            key = json.dumps([ex["task"]] + [normalized(msg["content"]) for msg in ex["messages"] if msg["role"] != "system"])
             if key not in seen_examples:
                 seen_examples.add(key)
                 splits[split].append(ex)
@@ -493,8 +493,8 @@ if metric_items:  # the task metric, the base model's (few-shot) next to the fin
     print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task"
           f"{f', after the first {metric_skip}' if metric_skip else ''}")
     base = task_scores(model_from_checkpoint(ckpt).to(device), chat=False)
-    tuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device), chat=True)
+    finetuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device), True)
     write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(dict(
-        base=base, sft=tuned, best_step=best_step, best_val_loss=best_val, steps=step, seed=seed, few_shot=few_shot,
+        base=base, sft=finetuned, best_step=best_step, best_val_loss=best_val, steps=step, seed=seed, few_shot=few_shot,
         init_from=init_from, sft_dataset=sft_dataset, train_examples=len(train_chats)), indent=1, ensure_ascii=False))
 print(f"done: {out_dir}/best.pt (step {best_step}, val loss {best_val:.4f}); chat: python chat.py --ckpt {out_dir}")
