@@ -17,7 +17,7 @@ In the order a text travels through it:
 4. Chat: the chat format (docs/formats.md), conversations packed into training rows with their
    loss mask, and a streaming decoder that never prints half a UTF-8 character.
 5. Files: one JSON file (never pickle), versioned and checked on load.
-6. A command line: `python bpe.py train ...` and `python bpe.py compare ...`.
+6. A command line: `python bpe.py compare ...` (bytes per token, and how each tokenizer cuts a text).
 
 Token ids: 0-255 are the bytes, merge i creates id 256 + i, special tokens come last.
 """

@@ -112,11 +112,11 @@ def describe_out():
 
 def pick_checkpoint():
     """The path of the newest chat checkpoint under out/ (sft or lora_merged; last.pt only where
-    there is no best.pt), else of the newest base one."""
+    there is no best.pt; not the adapter merges chat.py keeps), else of the newest base one."""
     paths = []
-    for d in glob.glob(os.path.join("out", "*")):
-        pts = [p for p in glob.glob(os.path.join(d, "*.pt")) if os.path.basename(p) != "last.pt"]
-        paths += pts or glob.glob(os.path.join(d, "last.pt"))
+    for folder in glob.glob(os.path.join("out", "*")):
+        pts = [p for p in glob.glob(os.path.join(folder, "*.pt")) if not p.endswith(("last.pt", ".merged.pt"))]
+        paths += pts or glob.glob(os.path.join(folder, "last.pt"))
     found = []
     for path in paths:
         kind = (peek(path) or {}).get("kind")

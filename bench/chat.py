@@ -4,7 +4,7 @@ bench/chat.py: how fast chat.py answers on this machine, measured through chat.p
 
     python bench/chat.py                           # out/darija_sft if it exists, else random weights
     python bench/chat.py --ckpt out/darija_sft     # a given checkpoint
-    python bench/chat.py --threads 1               # the README's table (one thread: see there why)
+    python bench/chat.py --threads 1               # bench/README.md's tables (one thread: see there why)
 
 1. one answer: time to first token (the prefill) and decode tokens/s after a short prompt and after
    a long one, and decode tokens/s of the course's way (no KV cache: the whole context recomputed
@@ -13,13 +13,14 @@ bench/chat.py: how fast chat.py answers on this machine, measured through chat.p
    the KV cache kept across turns (chat.py: only the new turn is prefilled) vs re-prefilling the
    whole history every turn (a fresh cache each turn), at the model's context and at a longer one.
 
-Without a trained checkpoint the model is darija_small's shape (config/darija_small.py) with random
-weights and a tokenizer of the same vocabulary trained on data/sample in a second: speed does not
-depend on the weights. Answers are forced to their full length (stop tokens ignored). Random answers
-re-encode to other tokens than the ones generated, so the kept cache also re-prefills each answer;
-a trained model's answers re-encode to themselves and it prefills only the new turn.
+Without a trained checkpoint the model is darija_small's shape (pretrain.py's and prepare.py's
+defaults, which config/darija_small.py keeps) with random weights and a tokenizer of the same
+vocabulary trained on data/sample in a second: speed does not depend on the weights. Answers are
+forced to their full length (stop tokens ignored). chat.py keeps each answer as the ids generated,
+so with the cache kept only the new turn is prefilled, until old turns are dropped.
 """
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -45,14 +46,24 @@ class Mute:
         pass
 
 
+def declared(path, names):
+    """The `name = literal` settings among `names` that a script or config file assigns at top level."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {target.id: ast.literal_eval(statement.value) for statement in tree.body
+            if isinstance(statement, ast.Assign) for target in statement.targets
+            if isinstance(target, ast.Name) and target.id in names}
+
+
 def random_model(block_size):
     """darija_small's shape with random weights and a tokenizer of its vocabulary."""
-    cfg = {}
-    exec(open(os.path.join(ROOT, "config", "darija_small.py"), encoding="utf-8").read(), {}, cfg)
+    keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "tie_embeddings")
+    cfg = {}  # the defaults, then what the config file changes (config files hold only what differs)
+    for path in ("prepare.py", "pretrain.py", os.path.join("config", "darija_small.py")):
+        cfg.update(declared(path, keys))
     tok = Tokenizer.train(list(read_documents([os.path.join(ROOT, "data", "sample", "pretrain")])), cfg["vocab_size"])
-    keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "mlp", "tie_embeddings")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, **{k: cfg[k] for k in keys if k in cfg}))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, **{k: cfg[k] for k in keys[1:]}))
     return model.eval(), tok
 
 

@@ -6,8 +6,8 @@ autocast, TF32, torch.compile, fused AdamW) with attention held to the flash ker
     python bench/gpu.py --models=124M --batch_size=32
     python bench/gpu.py --device=cpu --tiny --steps=2    # this script's smoke test, on any machine
 
-1. 124M: GPT-2 small's size (12 x 768, 12 heads, context 1,024, vocab 50,304, tied): the model
-   whose MFU the targets name (>= 45% on an H100).
+1. 124M: GPT-2 small's size (12 x 768, 12 heads, context 1,024, vocab 50,304, tied): the size at
+   which MFU is usually compared (nanoGPT's reference run).
 2. darija_small and darija_base: the shapes of config/darija_small.py and config/darija_base.py
    (read from the files), at their own micro-batch size and at 8x it for darija_small, which is
    too small to fill a GPU at 16 x 256.

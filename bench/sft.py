@@ -1,6 +1,6 @@
 """
 bench/sft.py: the instruction-tuning table. Fine-tunes a base model pre-trained on the shared Darija
-corpus with sft.py on the shared SFT material, and prints, next to their anchors:
+corpus with sft.py on the shared SFT material, and prints, next to reference figures:
 - the best val loss on assistant tokens and the step it was reached (early stopping) against the
   course's SFT (val 3.64 after 50 epochs on 257 pairs, train 0.006: over-fitted);
 - chrF of greedy answers on held-out items of two tasks, Arabizi -> Arabic script and
@@ -44,7 +44,7 @@ with open(os.path.join(ROOT, "data", "sft", m["sft_dataset"], "stats.json"), enc
     stats = json.load(f)
 print(f"\ndata: {stats['train']['examples']:,} train / {stats['val']['examples']:,} val examples "
       f"({stats['train']['tokens']:,} train tokens); base {m['init_from']}; seed {m['seed']}")
-print(f"| figure | ours | anchor |\n|---|---|---|\n"
+print(f"| figure | ours | reference |\n|---|---|---|\n"
       f"| best val loss, assistant tokens | {m['best_val_loss']:.3f} (step {m['best_step']} of {m['steps']}) "
       f"| course: 3.64 after 50 epochs (train 0.006) |")
 for task, name in (("lat2ar", "Arabizi -> Arabic script"), ("dar2en", "Darija -> English")):

@@ -17,7 +17,7 @@ TINY = ["--dataset=toy", "--n_layer=2", "--n_embd=64", "--n_head=2", "--n_kv_hea
 
 
 def make_data(root, name="toy"):
-    """data/NAME/{train,val}.bin + meta.json in the README's format: phrases that repeat, so loss can fall."""
+    """data/NAME/{train,val}.bin + meta.json in the format of docs/formats.md: phrases that repeat, so loss can fall."""
     rng = np.random.default_rng(0)
     phrases = [rng.integers(1, 200, size=rng.integers(3, 9)) for _ in range(30)]
 
