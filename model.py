@@ -15,8 +15,7 @@ One speed trick, for CPU training: model.chunked_loss (chunked_cross_entropy, be
     for token in model.generate(ids, max_new_tokens, temperature=0.8, top_k=50): ...
     save_checkpoint(path, model, kind="base"); model = model_from_checkpoint(load_checkpoint(path))
 
-Linear layers are plain nn.Linear: blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate
-(swiglu), c_proj}, lm_head. lora.py wraps some of them.
+Linear layers: blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
 """
 import hashlib
 import math
@@ -175,10 +174,15 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
         for name, weight in self.named_parameters():  # residual projections smaller: a flat stream variance
-            std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
-            nn.init.normal_(weight, mean=0.0, std=std)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self.chunked_loss = False  # training scripts switch it on for CPU training (see the docstring)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
@@ -221,8 +225,6 @@ class GPT(nn.Module):
         c = self.config
         n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())  # a lookup is free
         return 6 * n + 6 * c.n_layer * c.n_embd * c.block_size  # 12·L·C·T, halved by the causal mask
-
-    # --- generation ----------------------------------------------------------------------------
 
     def new_cache(self, batch_size=1):
         return KVCache(self.config, batch_size, self.wte.weight.device, self.wte.weight.dtype)
@@ -367,16 +369,10 @@ def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind must be one of {', '.join(CHECKPOINT_KINDS)}, got {kind!r}")
     model = unwrap(model)
-    ckpt = {
-        "model": model.state_dict(),
-        "model_config": asdict(model.config),
-        "tokenizer": None if tokenizer is None else str(tokenizer),
-        "tokenizer_sha256": tokenizer_sha256,
-        "kind": kind,
-        "step": int(step),
-        "best_val_loss": None if best_val_loss is None else float(best_val_loss),
-        "config": plain(config or {}),
-    }
+    ckpt = {"model": model.state_dict(), "model_config": asdict(model.config), "kind": kind,
+            "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
+            "step": int(step), "best_val_loss": None if best_val_loss is None else float(best_val_loss),
+            "config": plain(config or {})}
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
     atomic_save(ckpt, path)

@@ -1,8 +1,9 @@
 """
 bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side by side in one run.
 
-    python bench/model.py                        # all three sections, a few minutes on 2 CPU cores
+    python bench/model.py                        # sections 1-3, a few minutes on 2 CPU cores
     python bench/model.py --sections speed --compile   # add the torch.compile rows (~1 min more)
+    python bench/model.py --sections tricks      # section 4 (~3 min)
 
 1. speed: training tokens/s (forward + backward + AdamW step) at darija_small's shape
    (4 layers x 256, context 256, batch 16, vocab 8,192) for ours with each MLP and for the
@@ -13,11 +14,14 @@ bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side
    (lower is better). The tokenized data is cached in bench/results/.
 3. generate: tokens/s generating 64 tokens after 512 tokens of context, with the KV cache vs
    recomputing the whole context for every token (nanoGPT's generate).
+4. tricks: the step time of model.py as it trains on a CPU, without its one speed trick (the chunked
+   head loss), and with each of three tricks left out of model.py put back (rebuilt here).
 
 The baseline is written here, not imported: learned positions, LayerNorm, GELU MLP (4x),
 fused qkv projection, tied embeddings, no biases, F.scaled_dot_product_attention.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bpe import Tokenizer  # noqa: E402
+import model as model_py  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "darija", "pretrain")
@@ -236,9 +241,95 @@ def bench_generate(args):
     print(f"| KV cache (ours, prefill included) | {n / t_cache:,.0f} | {t_full / t_cache:.1f}x |")
 
 
+# --- 4. what each CPU speed trick is worth -------------------------------------------------------
+# model.py keeps one speed trick, the chunked head loss (model.chunked_loss). Three more were measured
+# here and left out of model.py, each worth under ~3% of a training step: they are rebuilt below, on
+# top of model.py, so the figure can be measured again.
+
+class RMSNormByHand(torch.autograd.Function):
+    """RMSNorm with its backward written out: r (g - y mean(g y)), with y = x r."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+        ctx.save_for_backward(x * r, r)
+        return x * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, r = ctx.saved_tensors
+        return r * (grad - y * (grad * y).mean(-1, keepdim=True))
+
+
+def rotate_by_complex_multiply(x, cos, sin):
+    """RoPE as one complex multiply: each feature pair as a complex number times e^(i angle)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * torch.complex(cos, sin)[:, None]).flatten(-2).type_as(x)
+
+
+def attention_with_one_qkv_matmul(self, x, cos, sin, cache=None):
+    """model.py's attention (training path), with q, k and v from one matmul of their stacked weights."""
+    B, T, C = x.shape
+    kv_width = self.n_kv_head * self.head_dim
+    q, k, v = F.linear(x, torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])).split(
+        [C, kv_width, kv_width], dim=-1)
+    q = model_py.apply_rotary(q.view(B, T, self.n_head, self.head_dim), cos, sin)
+    k = model_py.apply_rotary(k.view(B, T, self.n_kv_head, self.head_dim), cos, sin)
+    v = v.view(B, T, self.n_kv_head, self.head_dim)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+TRICKS = {"hand-written RMSNorm backward": (model_py, "norm", RMSNormByHand.apply),
+          "RoPE as one complex multiply": (model_py, "apply_rotary", rotate_by_complex_multiply),
+          "q, k, v from one matmul": (model_py.CausalSelfAttention, "forward", attention_with_one_qkv_matmul)}
+
+
+@contextlib.contextmanager
+def trick(name):
+    """model.py with one left-out trick put back, for the duration (None: model.py as it is)."""
+    if name is None:
+        yield
+        return
+    owner, attribute, replacement = TRICKS[name]
+    original = getattr(owner, attribute)
+    setattr(owner, attribute, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+def bench_tricks(args):
+    shape = dict(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
+    variants = [("model.py (chunked loss)", "relu2", None), ("without the chunked loss", "relu2+plain loss", None)]
+    variants += [(f"+ {name}", "relu2", name) for name in TRICKS]
+    x = torch.randint(0, 8192, (16, 256))
+    runs = []
+    for label, kind, name in variants:
+        model = build(kind, **shape)
+        runs.append((label, name, model, model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu"), []))
+    for repeat in range(args.speed_steps + 1):  # one step of each in turn; the first round is a warm-up
+        for label, name, model, opt, times in runs:
+            with trick(name):
+                t0 = time.perf_counter()
+                model(x, x)[1].backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if repeat:
+                    times.append(time.perf_counter() - t0)
+    reference = statistics.median(runs[0][4])
+    print(f"\n## 4. what each CPU speed trick is worth: ours, ReLU², eager, 16 x 256 (median of {args.speed_steps} "
+          f"interleaved steps)")
+    print("| variant | ms per step | step time vs model.py |\n|---|---|---|")
+    for label, _, _, _, times in runs:
+        median = statistics.median(times)
+        print(f"| {label} | {1000 * median:,.0f} | {median / reference - 1:+.1%} |", flush=True)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", default="speed,quality,generate")
+    p.add_argument("--sections", default="speed,quality,generate", help="and tricks")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (~1 min more)")
     p.add_argument("--speed_steps", type=int, default=16)
     p.add_argument("--quality_steps", type=int, default=100)
@@ -250,4 +341,4 @@ if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for section in args.sections.split(","):
-        {"speed": bench_speed, "quality": bench_quality, "generate": bench_generate}[section](args)
+        {"speed": bench_speed, "quality": bench_quality, "generate": bench_generate, "tricks": bench_tricks}[section](args)
