@@ -296,11 +296,11 @@ def merge_only():
 def load_base():
     """1. The base checkpoint, its file, and its tokenizer (checked to be the one it was trained with)."""
     base_path = checkpoint_file(init_from)
-    if not os.path.isfile(base_path):
-        fail(f"no base checkpoint at {init_from}: pre-train one (python pretrain.py config/darija_small.py) "
-             f"or fine-tune one (python sft.py config/sft_darija.py), or point --init_from at a checkpoint")
     try:
         ckpt, tok, tok_path = load_with_tokenizer(base_path)
+    except FileNotFoundError:
+        fail(f"no base checkpoint at {init_from}: pre-train one (python pretrain.py config/darija_small.py), "
+             f"fine-tune one (python sft.py config/sft_darija.py), or point --init_from at a checkpoint")
     except ValueError as e:
         fail(str(e))
     if any(t not in tok.special_tokens for t in CHAT_TOKENS):
@@ -382,6 +382,7 @@ def main():
     device_type = "cuda" if device_name.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
     raw_model = model_from_checkpoint(ckpt).to(device_name)
+    val_x, val_y = val_x.to(device_name), val_y.to(device_name)
     raw_model.chunked_loss = device_type == "cpu"  # model.py's CPU speed trick for training
     n_base = raw_model.num_params()
     try:
@@ -401,28 +402,16 @@ def main():
     model = torch.compile(raw_model) if compile else raw_model
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)  # adapters only
 
-    @torch.no_grad()
-    def evaluate():
-        """Mean cross-entropy over every assistant token of the fixed val rows."""
-        model.eval()
-        total, count = 0.0, 0
-        for i in range(0, len(val_x), batch_size):
-            x, y = val_x[i:i + batch_size].to(device_name), val_y[i:i + batch_size].to(device_name)
-            counted = int((y >= 0).sum())
-            if counted:  # a row of padding alone has no loss at all
-                with autocast:
-                    total += model(x, y)[1].item() * counted
-                count += counted
-        model.train()
-        return total / count
-
     # 4. training: sft.py's loop, with only the adapters in the optimizer
     rng, train_order = random.Random(seed), list(train_chats)
     stop_ids = set(tok.special_tokens.values())
     step, best_val, best_step, bad_evals, row, train_x, t0 = 0, float("inf"), 0, 0, 0, [], time.time()
     while True:
         if step % eval_interval == 0 or step == max_iters:
-            val_loss = evaluate()
+            raw_model.eval()
+            with autocast:
+                val_loss = raw_model.mean_loss(val_x, val_y, batch_size)
+            raw_model.train()
             improved = val_loss < best_val
             bad_evals = 0 if improved else bad_evals + 1
             if improved:

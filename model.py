@@ -2,18 +2,16 @@
 model.py: the GPT. A small modern decoder-only Transformer, its generation with a KV cache, and the
 checkpoint files every later stage reads (with the tokenizer each names).
 
-The choices, and why: RoPE, not learned positions (relative positions, cached keys stay valid as the
-context grows); RMSNorm before each sub-layer, without a gain (nanochat's: no mean, no parameters);
-MLP "relu2" (relu(x W)^2, 4 n_embd wide: Primer, modded-nanoGPT; faster and better here, see
-bench/README.md) or "swiglu" (Llama's, 8/3 n_embd: the same size); grouped-query attention when
-n_kv_head < n_head (a smaller KV cache); F.scaled_dot_product_attention (flash on CUDA); the embedding
-tied to the head; no biases; init N(0, 0.02), residual projections 1/sqrt(2 n_layer) smaller (GPT-2).
-One speed trick, for CPU training: model.chunked_loss (chunked_cross_entropy, below).
+The choices, and why: RoPE, not learned positions (relative, and cached keys stay valid as the context
+grows); RMSNorm before each sub-layer, no gain (nanochat's); MLP "relu2" (relu(x W)^2, 4 n_embd wide:
+Primer, modded-nanoGPT; faster and better here, bench/README.md) or "swiglu" (Llama's, 8/3 n_embd);
+grouped-query attention when n_kv_head < n_head (a smaller KV cache); F.scaled_dot_product_attention
+(flash on CUDA); the embedding tied to the head; no biases; init N(0, 0.02), residual projections
+1/sqrt(2 n_layer) smaller (GPT-2). One CPU training speed trick: model.chunked_loss (see below).
 
     model = GPT(GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256))
     logits, loss = model(idx, targets)   # (B, T) int64 each; target -1 is ignored; no targets: loss None
     for token in model.generate(ids, max_new_tokens, temperature=0.8, top_k=50): ...
-    save_checkpoint(path, model, kind="base"); model = model_from_checkpoint(load_checkpoint(path))
 
 Linear layers: blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
 """
@@ -82,8 +80,7 @@ class KVCache:
     """Keys and values of every layer for the tokens fed so far (their ids in `tokens`)."""
 
     def __init__(self, config, batch_size, device, dtype):
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, 2, batch_size, config.n_kv_head, config.block_size, head_dim)
+        shape = (config.n_layer, 2, batch_size, config.n_kv_head, config.block_size, config.n_embd // config.n_head)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
         self.tokens, self.pos = [], 0  # the ids held (batch size 1) and how many positions are filled
 
@@ -91,8 +88,7 @@ class KVCache:
         self.pos = min(self.pos, n)
         self.tokens = self.tokens[:self.pos]
 
-    def update(self, layer, k, v):
-        """Store k, v (B, n_kv_head, T, head_dim) after the filled positions; return all of them so far."""
+    def update(self, layer, k, v):  # k, v (B, n_kv_head, T, head_dim) after the filled positions; all so far
         end = self.pos + k.size(2)
         self.kv[layer, 0, :, :, self.pos:end], self.kv[layer, 1, :, :, self.pos:end] = k, v
         return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]
@@ -198,9 +194,8 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def hidden(self, idx, cache=None):
-        """The final normed hidden states (B, T, n_embd); advances the cache when given one."""
-        B, T = idx.shape
+    def hidden(self, idx, cache=None):  # the final normed hidden states (B, T, n_embd); advances the cache
+        T = idx.size(1)
         past = cache.pos if cache is not None else 0
         if past + T > self.config.block_size:
             raise ContextFullError(f"context of {past + T} tokens is longer than block_size {self.config.block_size}: "
@@ -212,6 +207,17 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         return norm(x)
+
+    @torch.no_grad()
+    def mean_loss(self, inputs, targets, batch_size):
+        """The mean loss over every counted target (not -1) of fixed rows, a batch at a time: a val loss."""
+        total, count = 0.0, 0
+        for i in range(0, len(inputs), batch_size):
+            counted = int((targets[i:i + batch_size] >= 0).sum())
+            if counted:  # a row of padding alone has no loss
+                total += self(inputs[i:i + batch_size], targets[i:i + batch_size])[1].item() * counted
+                count += counted
+        return total / count
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW over the trainable parameters; weight decay on matrices only; fused on CUDA."""
@@ -281,8 +287,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None):
 # --- training helpers: the learning-rate schedule, the chunked loss, MFU ---------------------------
 
 def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="cosine", decay_frac=0.2):
-    """Linear warmup to max_lr, then "cosine" decay to min_lr at decay_iters, or "wsd" (warmup-stable-
-    decay): max_lr until the last decay_frac of the steps, then a linear decay to min_lr."""
+    """Linear warmup, then "cosine" decay to min_lr at decay_iters, or "wsd": flat, then linear over decay_frac."""
     if step < warmup_iters:
         return max_lr * (step + 1) / warmup_iters
     if schedule == "wsd":
@@ -293,12 +298,12 @@ def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-# The chunked loss, a CPU speed trick: the head and its loss are ~40% of a small model's training step,
-# passes over logits (128 MB at darija_small's shape) far larger than a CPU's cache; a cache-sized chunk
-# of rows at a time, its gradient worked out on the spot, trains faster and lighter (bench/README.md).
+# The chunked loss, a CPU speed trick: the mean cross-entropy of the logits h @ weight.T against targets
+# (-1: ignored). The head and its loss are ~40% of a small model's training step, passes over logits
+# (128 MB at darija_small's shape) far larger than a CPU's cache; a cache-sized chunk of rows at a time,
+# its gradient worked out on the spot, trains faster and lighter (bench/README.md).
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the logits h @ weight.T against targets (-1: ignored)."""
 
     @staticmethod
     def forward(ctx, h, weight, targets):
@@ -433,8 +438,7 @@ def model_from_checkpoint(ckpt):
         raise ValueError(f"checkpoint model_config has unknown keys {unknown}: written by a newer model.py?")
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    device = next(iter(ckpt["model"].values())).device
-    return model.to(device)
+    return model.to(next(iter(ckpt["model"].values())).device)  # where the weights were loaded
 
 
 def sha256_of(path):

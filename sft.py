@@ -410,7 +410,8 @@ train_chats, val_chats = ([c for c in (tok.fit_conversation(ex["messages"], T + 
 if not train_chats or not val_chats:
     fail(f"{data_dir}/ has no usable {'train' if not train_chats else 'val'} examples "
          f"(too few sources, or every example longer than {T} tokens)")
-val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size]) for rows in tok.pack_conversations(val_chats, T))
+val_rows = tok.pack_conversations(val_chats, T)  # fixed rows, so that evaluations compare
+val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size], device=device) for rows in val_rows)
 print(f"{len(train_chats):,} train / {len(val_chats):,} val conversations (longer than {T} tokens: dropped); "
       f"val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
 
@@ -427,22 +428,6 @@ if resume:
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
 
-@torch.no_grad()
-def evaluate():
-    """Mean cross-entropy over every assistant token of the fixed val rows."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(val_x), batch_size):
-        x, y = val_x[i:i + batch_size].to(device), val_y[i:i + batch_size].to(device)
-        counted = int((y >= 0).sum())
-        if counted:  # a row of padding alone has no loss at all
-            with autocast:
-                total += model(x, y)[1].item() * counted
-            count += counted
-    model.train()
-    return total / count
-
-
 def checkpoint(path, with_optimizer):
     save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
                     tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
@@ -452,7 +437,10 @@ rng, train_order = random.Random(seed + step), list(train_chats)
 row, bad_evals, t0, tokens_seen, train_x = 0, 0, time.time(), 0, []
 while True:
     if step % eval_interval == 0 or step == max_iters:
-        val = evaluate()
+        raw_model.eval()
+        with autocast:
+            val = raw_model.mean_loss(val_x, val_y, batch_size)  # every assistant token of the val rows
+        raw_model.train()
         improved = val < best_val
         bad_evals = 0 if improved else bad_evals + 1
         if improved:

@@ -163,6 +163,18 @@ def test_sampling_filters():
     assert sample(logits, 0) == 1
 
 
+def test_mean_loss_counts_every_target_once_whatever_the_batches():
+    model = tiny()
+    inputs = torch.randint(0, 97, (5, 8))
+    targets = inputs.clone()
+    targets[1] = -1           # a row of padding alone: no loss of its own, no NaN
+    targets[3, :6] = -1
+    expected = torch.nn.functional.cross_entropy(model(inputs)[0].reshape(-1, 97), targets.reshape(-1),
+                                                 ignore_index=-1)
+    for batch_size in (1, 2, 5):
+        assert model.mean_loss(inputs, targets, batch_size) == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_loss_falls_when_overfitting():
     model = tiny().train()
     opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
