@@ -9,10 +9,15 @@ Arguments apply in order: a .py file is plain Python, each name it assigns must 
 None setting to True. A value after a space is never taken: `--compile x.py` is a flag, then a file.
 Mistakes end the script with one clear line. also_from=("prepare.py",) accepts that sibling's
 settings too, leaving them to it; settings are read from a script's source, never imported.
+
+The folders a run writes are settings too: plain_name() checks that a dataset or run name is one
+folder name, and claim() locks a folder for one process at a time (docs/reliability.md).
 """
 import ast
+import atexit
 import difflib
 import os
+import socket
 import sys
 import types
 
@@ -88,3 +93,56 @@ def checked(key, value, default, where):
 
 def fail(message):
     raise SystemExit(f"config error: {message}")  # the user's mistake, not the code's: no traceback
+
+
+# --- the folders a run writes ---------------------------------------------------------------------
+
+def plain_name(key, value):
+    """A dataset or run name must be one folder name: never a path that reaches elsewhere."""
+    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value:
+        fail(f"{key} must be a plain name (one folder name: no '/', no '..'), got {value!r}")
+    return value
+
+
+def claim(folder):
+    """Lock `folder` for this process until it exits, with a file beside it (folder.lock): a second run
+    on the same folder stops and names the process that holds it; a lock whose process is gone (on
+    this machine) is taken over with a notice. Returns the lock file's path."""
+    path = os.path.normpath(folder) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()} {' '.join(sys.argv)}"
+    while True:
+        try:
+            with open(path, "x", encoding="utf-8") as f:  # "x": created only if absent, atomically
+                f.write(me)
+            break
+        except FileExistsError:
+            with open(path, encoding="utf-8") as f:
+                pid, host, command = (f.read().split(" ", 2) + ["?", "?", "?"])[:3]
+            if host != socket.gethostname() or process_alive(pid):
+                fail(f"{folder} is in use by process {pid} on {host} ({command}): wait for it to finish, "
+                     f"or stop it; if it is gone, delete {path}")
+            print(f"note: taking over {path}, left by process {pid}, which is gone", file=sys.stderr)
+            os.remove(path)
+    atexit.register(release, path, me)
+    return path
+
+
+def process_alive(pid):
+    try:
+        os.kill(int(pid), 0)  # signal 0: nothing is sent, the process is only looked up
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def release(path, me):  # at exit: remove the lock if it is still ours
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours = f.read() == me
+        if ours:
+            os.remove(path)
+    except FileNotFoundError:
+        pass

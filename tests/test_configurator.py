@@ -169,3 +169,41 @@ def test_configure_nested_in_main_guard_ends_the_settings(tmp_path):
     assert r.stdout.strip() == "[('alpha', 16.0), ('rank', 8)]"
     assert error(script, "--later=2") == ("config error: unknown config key 'later' in the command line; "
                                           "valid keys: alpha, rank")
+
+
+# --- the folders a run writes ------------------------------------------------------------------
+
+def test_plain_name_refuses_paths():
+    from configurator import plain_name
+    assert plain_name("dataset", "darija_small") == "darija_small"
+    for bad in ("../../victim", "a/b", "/tmp/x", "..", "", "a\\b"):
+        with pytest.raises(SystemExit, match=r"config error: dataset must be a plain name \(one folder name"):
+            plain_name("dataset", bad)
+
+
+def holder(tmp_path, folder, seconds):
+    """A process that claims `folder`, says so, then sleeps."""
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from configurator import claim; "
+            f"claim({str(folder)!r}); print('claimed', flush=True); time.sleep({seconds})")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_claim_refuses_a_folder_in_use_and_takes_over_a_dead_lock(tmp_path):
+    folder = tmp_path / "data" / "x"
+    first = holder(tmp_path, folder, 30)
+    try:
+        assert first.stdout.readline().strip() == "claimed"
+        second = holder(tmp_path, folder, 0)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 1
+        assert f"config error: {folder} is in use by process {first.pid} on " in err and "Traceback" not in err
+    finally:
+        first.kill()
+        first.wait()
+    assert (tmp_path / "data" / "x.lock").exists()  # killed: its lock stays behind
+    third = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                            f"from configurator import claim; claim({str(folder)!r}); print('claimed')"],
+                           capture_output=True, text=True, timeout=30)
+    assert third.returncode == 0 and third.stdout.strip() == "claimed"
+    assert f"note: taking over {folder}.lock, left by process {first.pid}, which is gone" in third.stderr
+    assert not (tmp_path / "data" / "x.lock").exists()  # released at exit
