@@ -36,6 +36,7 @@ What happens, top to bottom, and why:
 """
 import argparse
 import glob
+import math
 import os
 import subprocess
 import sys
@@ -83,8 +84,14 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default; 1 is often "
                    "faster for a small model on a busy machine)")
     args = p.parse_args(argv)
-    if args.temperature < 0 or args.max_new_tokens < 1 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        p.error("need --temperature >= 0, --max_new_tokens >= 1, --top_k >= 0 and 0 < --top_p <= 1")
+    if not (0 <= args.temperature < math.inf and 0 < args.top_p <= 1):  # written so that nan fails too
+        fail(f"need a finite --temperature >= 0 and 0 < --top_p <= 1 (got {args.temperature}, {args.top_p})")
+    if args.max_new_tokens < 1 or args.top_k < 0 or args.threads < 0:
+        fail("need --max_new_tokens >= 1, --top_k >= 0 and --threads >= 0 (0: torch's default)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device={args.device}: no CUDA device here (use --device=cpu, or auto)")
+    if args.device == "mps" and not torch.backends.mps.is_available():
+        fail("--device=mps: no Apple GPU here (use --device=cpu, or auto)")
     return args
 
 

@@ -358,3 +358,20 @@ def test_next_turn_prefills_only_itself_when_the_answer_is_not_canonical_bpe(mon
     session.reset()  # a new conversation is rendered from its messages again
     forced = iter([end])
     assert session.answer("salam kidayr", out=out) == "" and session.messages == [] and session.ids == ids1[:1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature=nan"], "chat.py: need a finite --temperature >= 0 and 0 < --top_p <= 1 (got nan, 0.95)"),
+    (["--temperature=inf"], "chat.py: need a finite --temperature >= 0 and 0 < --top_p <= 1 (got inf, 0.95)"),
+    (["--top_p=0"], "chat.py: need a finite --temperature >= 0 and 0 < --top_p <= 1 (got 0.7, 0.0)"),
+    (["--threads=-1"], "chat.py: need --max_new_tokens >= 1, --top_k >= 0 and --threads >= 0 (0: torch's default)"),
+])
+def test_bad_flags_are_one_line_errors(work, monkeypatch, flags, message):
+    assert chat_main(monkeypatch, work, "--ckpt", "out/chat", "--prompt", "salam", *flags) == message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_says_so(work):
+    r = run(work, "--ckpt", "out/chat", "--prompt", "salam", "--device=cuda")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.strip() == "chat.py: --device=cuda: no CUDA device here (use --device=cpu, or auto)"
