@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from configurator import claim, configure, plain_name
 from model import (atomic_save, learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint,
                    plain, save_checkpoint, sha256_of, unwrap)
 
@@ -43,7 +45,7 @@ init_from = "out/darija_small"      # the frozen base: a pre-trained or SFT chec
 out_dir = "out/darija_lora"
 sft_dataset = "darija"              # data/sft/NAME/, as written by sft.py
 sft_config = "config/sft_darija.py" # what sft.py builds the dataset from when it is missing ("": sft.py's defaults)
-force = False                       # overwrite an existing out_dir/adapter.pt
+force = False                       # overwrite out_dir/adapter.pt (never files lora.py did not write)
 merge = False                       # also write out_dir/best.pt: the base with the adapter merged in
 merge_adapter = ""                  # only merge this adapter.pt into init_from ("": its base): chat.py --adapter
 # the adapters (bench/README.md has the sweep behind these)
@@ -75,15 +77,12 @@ metric_items = 100                  # held-out items per task for the chrF metri
 max_new_tokens = 64
 
 if __name__ == "__main__":  # imported (tests, benchmarks), lora.py only lends its LoRA layers
-    from configurator import configure
     config = configure(globals())
-
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 # --- 1. the LoRA layers ----------------------------------------------------------------------------
-
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update: base(x) + (alpha / r) B(A(x))."""
 
@@ -201,6 +200,7 @@ def lora_state_dict(model):
 # The adapter file (docs/formats.md): the adapter weights, how to rebuild the layers, and the sha256
 # of the base checkpoint file it was trained on.
 LORA_FORMAT = "darija-gpt-lora"
+ADAPTER_KEYS = ("lora", "rank", "alpha", "targets", "base", "base_sha256", "config")  # token_ids etc. came later
 
 
 def save_adapter(path, model, base_path, base_sha256, rank, alpha, targets, tokenizer=None,
@@ -224,15 +224,18 @@ def load_adapter(path):
         raise FileNotFoundError(f"no adapter file at {path}: train one with `python lora.py config/...`")
     try:
         adapter = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable adapter file (truncated or corrupt): "
-                         f"{str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # an empty file's EOFError has no message: then its name says what happened
+        reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable adapter file (truncated or corrupt): {reason}") from None
     if not isinstance(adapter, dict) or adapter.get("format") != LORA_FORMAT:
         is_checkpoint = isinstance(adapter, dict) and "model" in adapter
         hint = " (it looks like a checkpoint: pass it as the checkpoint, not the adapter)" if is_checkpoint else ""
         raise ValueError(f"{path} is not a {LORA_FORMAT} adapter file{hint}")
     if adapter.get("version") != 1:
         raise ValueError(f"{path} is adapter format version {adapter.get('version')}; this lora.py reads version 1")
+    missing = [key for key in ADAPTER_KEYS if key not in adapter]
+    if missing:
+        raise ValueError(f"{path} is an incomplete adapter file: it lacks {', '.join(missing)}; train it again")
     return adapter
 
 
@@ -273,7 +276,6 @@ def write_merged(adapter_path, base_path, dest):
 
 
 # --- 2. the run ----------------------------------------------------------------------------------
-
 def fail(msg):
     raise SystemExit(f"lora.py: {msg}")
 
@@ -308,9 +310,9 @@ def load_base():
     return ckpt, base_path, tok, tok_path
 
 
-def load_sft_dataset(tok_sha):
+def load_sft_dataset(tok_path, tok_sha):
     """2. data/sft/NAME/{train,val}.jsonl, built by sft.py when missing (stages never import each other)."""
-    data_dir = os.path.join("data", "sft", sft_dataset)
+    data_dir = os.path.join("data", "sft", plain_name("sft_dataset", sft_dataset))
     stats_path = os.path.join(data_dir, "stats.json")
     if not os.path.isfile(stats_path):
         if sft_config and not os.path.isfile(sft_config):
@@ -325,7 +327,7 @@ def load_sft_dataset(tok_sha):
         stats = json.load(f)
     if stats["tokenizer_sha256"] != tok_sha:
         fail(f"{data_dir}/ was built with tokenizer {stats['tokenizer']} (sha256 {stats['tokenizer_sha256'][:12]}), "
-             f"not the base's (sha256 {tok_sha[:12]}): rebuild it "
+             f"not with the base's {tok_path} (sha256 {tok_sha[:12]}): rebuild it "
              f"(python sft.py {sft_config} --build_only --force) or pick another --sft_dataset")
     splits = {}
     for split in ("train", "val"):
@@ -357,10 +359,14 @@ def task_tokens(model, n, chosen, inputs, targets, device):
 def main():
     if merge_adapter:
         return merge_only()
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device_type = "cuda" if device_name.startswith("cuda") else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device={device}: no CUDA device here (use --device=cpu, or auto)")
     ckpt, base_path, tok, tok_path = load_base()
     base_sha, tok_sha = sha256_of(base_path), sha256_of(tok_path)
     print(f"base: {base_path} (kind {ckpt['kind']}, sha256 {base_sha[:12]})")
-    data_dir, train_examples, val_examples = load_sft_dataset(tok_sha)
+    data_dir, train_examples, val_examples = load_sft_dataset(tok_path, tok_sha)
     T = block_size or ckpt["model_config"]["block_size"]
     if T > ckpt["model_config"]["block_size"]:
         fail(f"block_size {T} is longer than the checkpoint's context ({ckpt['model_config']['block_size']})")
@@ -373,13 +379,17 @@ def main():
           f"val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
 
     # 3. the frozen model and its adapters
+    claim(out_dir)  # one run per out_dir: a second one names this one's process
+    ours = ("adapter.pt", "adapter.merged.pt", "best.pt", "metrics.json", "scores.json")
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    others = sorted(name for name in names if name not in ours and ".tmp" not in name)  # ours, and our temporaries
+    if others:  # another stage's run or the user's files: never overwritten or mixed with, --force or not
+        fail(f"{out_dir}/ holds files lora.py did not write: {', '.join(others)}; pick another --out_dir")
     adapter_path = os.path.join(out_dir, "adapter.pt")
     for path in [adapter_path] + ([os.path.join(out_dir, "best.pt")] if merge else []):
         if os.path.exists(path) and not force:
             fail(f"{path} already exists: add --force to overwrite it (or choose another --out_dir)")
     torch.manual_seed(seed)
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    device_type = "cuda" if device_name.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
     raw_model = model_from_checkpoint(ckpt).to(device_name)
     val_x, val_y = val_x.to(device_name), val_y.to(device_name)
@@ -402,10 +412,12 @@ def main():
     model = torch.compile(raw_model) if compile else raw_model
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)  # adapters only
 
-    # 4. training: sft.py's loop, with only the adapters in the optimizer
+    # 4. training: sft.py's loop, only the adapters in the optimizer; Ctrl-C / SIGTERM finish the step, then stop
     rng, train_order = random.Random(seed), list(train_chats)
     stop_ids = set(tok.special_tokens.values())
-    step, best_val, best_step, bad_evals, row, train_x, t0 = 0, float("inf"), 0, 0, 0, [], time.time()
+    step, best_val, best_step, bad_evals, row, train_x, t0, interrupted = 0, float("inf"), 0, 0, 0, [], time.time(), []
+    on_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))  # as in pretrain.py
+    on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: interrupted.append(signum))
     while True:
         if step % eval_interval == 0 or step == max_iters:
             raw_model.eval()
@@ -452,6 +464,11 @@ def main():
             print(f"step {step}/{max_iters}: loss {loss.item():.4f}, lr {lr:.2e}, "
                   f"{step * x.numel() / elapsed:,.0f} tok/s, ETA {elapsed / step * (max_iters - step) / 60:.1f} min "
                   f"(sooner on an early stop)")
+        if interrupted:
+            print(f"stopped at step {step}: {adapter_path} holds the best adapter (step {best_step})")
+            sys.exit(130)
+    signal.signal(signal.SIGINT, on_sigint)  # after training, Ctrl-C and SIGTERM act at once again
+    signal.signal(signal.SIGTERM, on_sigterm)
     if best_step == 0:
         print("note: val never improved on the base model's loss; adapter.pt holds the untrained (B = 0) adapter")
     metrics = dict(init_from=init_from, base=base_path, base_sha256=base_sha, sft_dataset=sft_dataset, seed=seed,

@@ -404,8 +404,8 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, a pickle with foreign objects, not a torch file at all
-        raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
-                         f"model.py's save_checkpoint): {str(e).splitlines()[0][:200]}") from None
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by model.py's "
+                         f"save_checkpoint): {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a darija-gpt checkpoint: missing {', '.join(missing)}")

@@ -13,20 +13,22 @@ prepare.py: the data stage. Raw Darija text in; token ids, a tokenizer and a rep
 5. Train the tokenizer (bpe.py) on a random sample of the training documents, or reuse a given one.
 6. Encode into train.bin / val.bin with the tokenizer's tiktoken export: the same ids at tiktoken's speed.
 All is built in data/NAME.partial/, renamed to data/NAME/ when whole: an interrupted run never looks finished.
+One run at a time per dataset (data/NAME.lock); --force replaces data/NAME/ only if this script wrote it.
 """
 import array
 import csv
-import difflib
 import gzip
 import hashlib
 import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
 import unicodedata
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,7 +65,7 @@ tokenizer_train_bytes = 10_000_000  # size of the random sample of training text
 num_threads = 0                 # encoding threads (0 = all cores)
 force = False                   # rebuild data/NAME/ even when it exists (built with other settings)
 
-from configurator import configure, setting_names  # noqa: E402
+from configurator import claim, configure, plain_name, setting_names  # noqa: E402
 configure(globals(), also_from=("pretrain.py",))
 SETTINGS = {k: globals()[k] for k in setting_names(__file__)}
 
@@ -79,27 +81,45 @@ def progress(label, total=None, unit="B"):
                 mininterval=0.5 if sys.stdout.isatty() else 10)
 
 
+# --- 0. The folders it writes: data/NAME/ only if it is prepare.py's own, and its leftovers ----------
+def not_ours(folder, need_meta=True):
+    """Why `folder` is not one that prepare.py wrote, or "" when it is: nothing but its four files, and its meta.json
+    (which a leftover data/NAME.old may have lost: its clean-up was stopped)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return "is not a folder"
+    others = sorted(set(os.listdir(folder)) - {"train.bin", "val.bin", "meta.json", "tokenizer.json"})
+    if others:
+        return f"holds files prepare.py did not write ({', '.join(others[:5])}{', ...' if others[5:] else ''})"
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            ours = json.load(f).get("format") == "darija-gpt-data"
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, or not a JSON object
+        ours = False
+    return "" if ours or not need_meta else "has no meta.json written by prepare.py"
+
+
 def up_to_date(out, settings):
-    """True when data/NAME was built with these settings; refuse (without --force) if not."""
+    """True when data/NAME was built with these settings; refuse if prepare.py did not build it, or differently."""
+    if os.path.lexists(out) and not_ours(out):
+        fail(f"{out} {not_ours(out)}: refusing to replace it; choose another --dataset")
+    for src in sources:  # even without --force: building data/NAME would replace the source
+        if "path" in src and (os.path.realpath(src["path"]) + os.sep).startswith(os.path.realpath(out) + os.sep):
+            fail(f"the source {src['path']} is in {out}, the folder this run writes: choose another --dataset")
     if not os.path.exists(out) or force:
         return False
-    try:
-        with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-        changed = [f"{k}: {meta['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
-                   if meta["settings"].get(k) != v]
-    except (OSError, ValueError, KeyError):
-        changed = ["no readable meta.json"]
-    if changed:
-        fail(f"{out} exists and was built differently ({'; '.join(changed)}); run again with "
-             "--force to rebuild it, or choose another --dataset")
+    with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    changed = [f"{k}: {meta['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
+               if meta["settings"].get(k) != v]
+    if changed:  # pretrain.py runs prepare.py with its own arguments: the user sees this there too
+        fail(f"{out} was built with other settings ({'; '.join(changed)}): rebuild it with "
+             f"`python prepare.py {shlex.join(sys.argv[1:] + ['--force'])}`, or choose another --dataset")
     print(f"{out} is up to date (built with the same settings): nothing to do" + ("; it holds the small sample corpus "
           "(the hub was unreachable): run again with --force when online" if meta.get("fallback_used") else ""))
     return True
 
 
 # --- 1. Getting text: the hub, local files ---------------------------------------------------
-
 DATA_EXT = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 SOURCE_KEYS = {"hub", "path", "config", "split", "revision", "text_field", "txt_docs", "max_chars", "name"}
 
@@ -143,6 +163,9 @@ def hub_files(src):
     if not paths:
         fail(f"no data files for split '{split}' in {repo} (config {config!r}); "
              f"found: {', '.join(sorted(found)[:8]) or 'nothing'}")
+    for path in paths:  # a hub (or HF_ENDPOINT) listing '../x' must not make us write outside the cache
+        if os.path.isabs(path) or ".." in re.split(r"[/\\]", path):
+            fail(f"{repo} lists a file outside the dataset, {path!r}: refusing to download anything from it")
     return [(p, found[p]) for p in paths]
 
 
@@ -152,6 +175,7 @@ def local_files(path):
         return [path]
     if not os.path.isdir(path):
         fail(f"source path not found: {path}")
+    # os.walk follows no link to a folder (no endless loop); a file link that loops fails when read, naming it
     found = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
                    if f.removesuffix(".gz").endswith(DATA_EXT))
     if not found:
@@ -159,17 +183,25 @@ def local_files(path):
     return found
 
 
+def check_source(src):
+    """Stop with one line on a source that is not a dict of known keys, each with a value of the right kind."""
+    if not isinstance(src, dict) or [k in src for k in ("hub", "path")].count(True) != 1:
+        fail(f"each source must be a dict with exactly one of hub= or path=; got {src!r}")
+    for key, value in src.items():
+        if key not in SOURCE_KEYS:
+            fail(f"unknown source key '{key}' in {src!r}; the keys are {', '.join(sorted(SOURCE_KEYS))}")
+        if key == "max_chars" and value is not None and (type(value) is not int or value < 1):
+            fail(f"max_chars must be a positive whole number (of characters), got {value!r} in {src!r}")
+        if key == "txt_docs" and value not in ("line", "block"):  # a document per line, or per block of lines
+            fail(f"txt_docs must be 'line' or 'block', got {value!r} in {src!r}")
+        if key != "max_chars" and not isinstance(value, str) and not (value is None and key in ("config", "revision")):
+            fail(f"{key} must be a string, got {value!r} in {src!r}")
+
+
 def plan(srcs):
-    """Check each source dict and list its files: (name, src, [(path in a hub repo or None, local path)])."""
+    """List each source's files: (name, src, [(path in a hub repo or None, local path)])."""
     planned = []
     for src in srcs:
-        if isinstance(src, dict) and "url" in src:  # no downloader here: one less thing to maintain
-            fail(f"unknown source key 'url' in {src!r}: download the file yourself, then give its path=")
-        if not isinstance(src, dict) or [k in src for k in ("hub", "path")].count(True) != 1:
-            fail(f"each source must be a dict with exactly one of hub= or path=; got {src!r}")
-        for key in set(src) - SOURCE_KEYS:
-            close = difflib.get_close_matches(key, SOURCE_KEYS, n=1)
-            fail(f"unknown source key '{key}' in {src!r}" + (f"; did you mean '{close[0]}'?" if close else ""))
         if "hub" in src:
             files, name = hub_files(src), src["hub"] + (f"/{src['config']}" if src.get("config") else "")
         else:
@@ -222,6 +254,7 @@ def read_file(path, src, stats):
         return
     # .csv, .json (one JSON array, or JSON lines) and .jsonl: records with a text field
     if ext == ".csv":
+        csv.field_size_limit(2**31 - 1)  # the default limit, 128 KB, would stop the whole file at a long document
         records = csv.DictReader(lines)
         if field not in (records.fieldnames or []):
             fail(f"{path}: no column '{field}'; columns: {', '.join(records.fieldnames or [])} (set text_field)")
@@ -251,6 +284,37 @@ def read_file(path, src, stats):
         print(f"  {path}: skipped {bad} malformed records of {total} (first at line {first_bad})")
 
 
+def download(src, remote):
+    """A hub file's local path, downloaded into the Hugging Face cache (its size and etag checked) if not there."""
+    try:
+        return hf_hub_download(src["hub"], remote, repo_type="dataset", revision=src.get("revision"))
+    except HfHubHTTPError as e:
+        hub_refused(e, src["hub"])
+    except Exception as e:  # the connection broke, or the file came short (then it is not cached)
+        fail(f"downloading {remote} from the hub failed ({e.__cause__ or e}); run again to resume")
+
+
+def documents(src, remote, path, stats):
+    """The documents of one file (a hub file is downloaded only now: max_chars may not need it). A hub file found
+    damaged is fetched again, once; the documents read before the damage showed are not given twice."""
+    path, done, bad_lines = path or download(src, remote), 0, stats["bad_utf8_lines"]
+    for second_try in (False, True):
+        try:
+            for doc in itertools.islice(read_file(path, src, stats), done, None):
+                yield doc
+                done += 1
+            return
+        except (OSError, EOFError, ValueError, zlib.error, csv.Error) as e:  # a truncated .gz, a broken parquet, ...
+            if remote is None:
+                fail(f"{path}: cannot be read ({e}); replace the file, or leave it out of the sources")
+            if second_try:
+                fail(f"{remote} from {src['hub']} cannot be read, even downloaded again ({e}): the hub's copy is "
+                     "damaged; leave it out (another config or split), or tell the dataset's authors")
+            print(f"prepare.py: {remote} in the Hugging Face cache is damaged ({e}): downloading it again", flush=True)
+            os.remove(os.path.realpath(path))  # the file itself, behind the snapshot's link to it
+            path, stats["bad_utf8_lines"] = download(src, remote), bad_lines  # read again from its first line
+
+
 def read_sources(planned, stats):
     """Yield (source index, raw document), downloading hub files only as far as max_chars needs."""
     for src_index, (_, src, files) in enumerate(planned):
@@ -258,14 +322,7 @@ def read_sources(planned, stats):
         for remote, path in files:
             if chars >= cap:
                 break
-            if path is None:  # a hub file, downloaded only now that the files before it fell short of max_chars
-                try:  # into the Hugging Face cache, its size and etag checked
-                    path = hf_hub_download(src["hub"], remote, repo_type="dataset", revision=src.get("revision"))
-                except HfHubHTTPError as e:
-                    hub_refused(e, src["hub"])
-                except Exception as e:  # the connection broke, or the file came short (then it is not cached)
-                    fail(f"downloading {remote} from the hub failed ({e.__cause__ or e}); run again to resume")
-            for doc in read_file(path, src, stats[src_index]):
+            for doc in documents(src, remote, path, stats[src_index]):
                 yield src_index, doc
                 chars += len(doc)
                 if chars >= cap:
@@ -273,17 +330,12 @@ def read_sources(planned, stats):
 
 
 # --- 2. Cleaning, 3. exact deduplication (the documents stream to a work file) ----------------
-
 INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 DIACRITICS = re.compile("[\u064b-\u065f\u0670\u06d6-\u06ed]")
 URLS = re.compile(r"(?:https?://|www\.)\S*[^\s.,;:!?)»\"']|[\w.+-]+@[\w-]+\.\w[\w.-]*\w|(?<!\w)@\w+")
 SPACES = re.compile(r"[^\S\n]{2,}|[^\S \n]")  # runs of spaces, or one tab/no-break space
 BLANK_LINES = re.compile(r"\n{3,}")
 LETTER = regex.compile(r"\p{L}")
-# letters by script, for the report (plain `re` with explicit ranges: 3x faster than \p{Script})
-SCRIPTS = {"arabic": re.compile("[\u0620-\u064a\u066e-\u06d3\u06d5\u06ee-\u06ff\u0750-\u077f\u08a0-\u08ff]+"),
-           "latin": re.compile("[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]+"),
-           "all": re.compile(r"[^\W\d_]+")}
 KEY = re.compile(r"[\W_]+")
 
 
@@ -313,14 +365,12 @@ def clean(text, report):
 
 def collect(planned, work):
     """Read, clean and write every document to work/docs.txt; return per-document arrays."""
-    stats, report, secs = [Counter() for _ in planned], Counter(), Counter()
+    stats, report = [Counter() for _ in planned], Counter()
     lengths, hashes, doc_source = array.array("I"), array.array("Q"), array.array("B")  # compact: 13 B/doc
-    t0, clock = time.time(), time.perf_counter
     with open(os.path.join(work, "docs.txt"), "wb") as out, progress("reading and cleaning", unit=" chars") as bar:
         for src_index, raw in read_sources(planned, stats):
             stats[src_index]["docs_read"] += 1
             bar.update(len(raw))
-            start = clock()
             doc = clean(raw, report)
             if doc is None:
                 continue
@@ -328,20 +378,13 @@ def collect(planned, work):
             out.write(data)
             lengths.append(len(data))
             doc_source.append(src_index)
-            for script, letters in SCRIPTS.items():
-                stats[src_index][script + "_letters"] += sum(map(len, letters.findall(doc)))
-            secs["clean"] += clock() - start
-            start = clock()
             key = KEY.sub("", doc.casefold()).encode("utf-8")
             hashes.append(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
-            secs["dedup"] += clock() - start
     lengths, hashes, doc_source = map(np.asarray, (lengths, hashes, doc_source))  # numpy views, not copies
-    start, keep = clock(), np.full(len(hashes), not dedup)
+    keep = np.full(len(hashes), not dedup)
     if dedup:  # keep the first occurrence of each hash (np.unique takes ~45 bytes per document of scratch memory)
         keep[np.unique(hashes, return_index=True)[1]] = True
         report["dropped_duplicate"] = int((~keep).sum())
-    secs["dedup"] += clock() - start
-    secs["read"] = time.time() - t0 - sum(secs.values())
     if keep.sum() < 2:  # one for train, one for val
         read = sum(s["docs_read"] for s in stats)
         fail(f"{'only one document' if keep.any() else 'no documents'} left after cleaning (read {read}; "
@@ -349,11 +392,10 @@ def collect(planned, work):
              "need 2 (one for val): check the sources, text_field and min_doc_chars")
     for src_index, s in enumerate(stats):
         s["docs_kept"] = int((keep & (doc_source == src_index)).sum())
-    return lengths, hashes, keep, stats, report, secs
+    return lengths, hashes, keep, stats, report
 
 
 # --- 4. Split by document, 5. the tokenizer, 6. encoding ----------------------------------------
-
 def in_random_fraction(hashes, salt, fraction):
     """True for a seeded random `fraction` of the documents, by hash: splitmix64 of (hash ^ seed), 8 B/doc scratch."""
     mixed = hashes ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2**64)
@@ -380,15 +422,20 @@ def docs_from(work, lengths, wanted, batch_bytes=1 << 22):
 def get_tokenizer(work, lengths, hashes, train):
     """Train on a random sample of the training documents, or load the given tokenizer file."""
     if tokenizer:
-        if not os.path.isfile(tokenizer):
-            fail(f"tokenizer file not found: {tokenizer}")
-        tok = Tokenizer.load(tokenizer)
+        try:
+            tok = Tokenizer.load(tokenizer)
+        except ValueError as e:  # missing, truncated, not a tokenizer: bpe.py's message names the file
+            fail(f"{e}; give --tokenizer= a tokenizer.json written by prepare.py or bpe.py")
     else:
         sample = train & in_random_fraction(hashes, 1, tokenizer_train_bytes / max(1, int(lengths[train].sum())))
         texts = [text for _, batch in docs_from(work, lengths, sample) for text in batch]
         print(f"training the tokenizer (vocab {vocab_size:,}) on a sample of {len(texts):,} training "
               f"documents ({int(lengths[sample].sum()) / 1e6:.1f} MB)", flush=True)
-        tok = Tokenizer.train(texts, vocab_size, pattern=pattern, verbose=True)
+        try:
+            tok = Tokenizer.train(texts, vocab_size, pattern=pattern, verbose=True)
+        except ValueError as e:  # too little text for vocab_size (bpe.py says how small it must be), a bad pattern
+            print(file=sys.stderr)  # ends bpe.py's progress line
+            fail(f"cannot train the tokenizer (vocab_size={vocab_size}): {e}")
     if "<|endoftext|>" not in tok.special_tokens:
         fail(f"the tokenizer {tokenizer or ''} has no <|endoftext|> special token")
     tok.save(os.path.join(work, "tokenizer.json"))
@@ -431,11 +478,21 @@ def main():
     if bad_bytes not in ("error", "replace", "skip") or not 0 < val_fraction < 1:
         fail(f"bad_bytes must be 'error', 'replace' or 'skip' (got {bad_bytes!r}) and val_fraction "
              f"between 0 and 1 (got {val_fraction})")
+    plain_name("dataset", dataset)  # data/NAME must not reach elsewhere (--dataset=../../x)
+    for src in sources:
+        check_source(src)
     out, work = os.path.join("data", dataset), os.path.join("data", dataset + ".partial")
+    claim(out)  # one run at a time: a second one would write into this one's work folder
     settings = json.loads(json.dumps({k: v for k, v in SETTINGS.items() if k not in ("force", "num_threads")}))
     if up_to_date(out, settings):
         return
-    shutil.rmtree(work, ignore_errors=True)  # the leftover of an interrupted run
+    old = out + ".old"  # a --force run's, whose clean-up was stopped: checked now, not after the whole rebuild
+    if os.path.lexists(old):
+        if not_ours(old, need_meta=False):
+            fail(f"{old} {not_ours(old, need_meta=False)}: refusing to delete it; move it elsewhere")
+        print(f"prepare.py: removing {old}, left by an interrupted run", flush=True)
+        shutil.rmtree(old)
+    shutil.rmtree(work, ignore_errors=True)  # an interrupted run's (none is at work now: we hold the lock)
     os.makedirs(work)
     started, fallback_used = time.time(), False
     try:
@@ -448,9 +505,8 @@ def main():
                   "(a small demo, not a real training set)", flush=True)
             path = os.path.join(os.path.dirname(os.path.abspath(__file__)), fallback)  # beside this file
             planned, fallback_used = plan([dict(path=path, txt_docs="block", name=fallback)]), True
-        seconds = {"list": time.time() - started}
-        lengths, hashes, keep, stats, report, secs = collect(planned, work)
-        seconds.update(secs)  # read (and download), clean (and count scripts), dedup
+        lengths, hashes, keep, stats, report = collect(planned, work)
+        seconds = {"read": time.time() - started}  # listing, downloading, reading, cleaning and dedup
         val = in_random_fraction(hashes, 0, val_fraction)
         if not (keep & val).any() or not (keep & ~val).any():  # a tiny corpus: one val document
             val = np.arange(len(keep)) == np.flatnonzero(keep)[-1]
@@ -479,10 +535,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for source in meta["sources"]:
-        letters = max(1, source.get("all_letters", 0))
-        arabic, latin = source.get("arabic_letters", 0) / letters, source.get("latin_letters", 0) / letters
-        print(f"{source['name']}: {source['docs_read']:,} documents read, {source['docs_kept']:,} kept; "
-              f"letters: {arabic:.0%} Arabic script, {latin:.0%} Latin, {1 - arabic - latin:.0%} other")
+        print(f"{source['name']}: {source['docs_read']:,} documents read, {source['docs_kept']:,} kept")
     print("dropped: " + (", ".join(f"{k[8:]} {v:,}" for k, v in meta["cleaning"].items()
                                    if k.startswith("dropped_") and v) or "nothing"))
     for split, count in counts.items():

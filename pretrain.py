@@ -7,8 +7,11 @@ pretrain.py: pre-train the GPT of model.py on data/NAME/{train,val}.bin (written
 
 What happens, top to bottom, and why:
 - settings (below), overridden by a config file and --key=value (configurator.py). The data
-  settings of prepare.py are accepted too: when data/NAME/train.bin is missing, prepare.py runs
-  first with the same command line.
+  settings of prepare.py are accepted too: prepare.py runs first, on every start, with the same
+  command line less --force (here it means "start training over"): it builds data/NAME when it is
+  missing, does nothing when it is up to date, and refuses when it was built with other settings.
+- out_dir is this run's alone (out_dir.lock beside it, while the run lasts) and holds only what
+  pretrain.py writes: a folder with anything else in it is refused, --force or not.
 - batches are random windows of block_size + 1 tokens read through np.memmap (the .bin never has
   to fit in memory). The windows of optimizer step `it` come from a generator seeded with
   (seed, it): a resumed run sees the very same batches, and N DDP processes split exactly the
@@ -22,7 +25,8 @@ What happens, top to bottom, and why:
   (val nats per token x tokens per byte of the val split / ln 2: comparable across tokenizers),
   a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically.
 - Ctrl-C / SIGTERM: finish the current step, save last.pt, exit. A NaN/inf loss stops the run
-  with a message and saves nothing, so the last good checkpoint stays intact.
+  with a message and saves nothing, so the last good checkpoint stays intact. Resuming refuses
+  data tokenized otherwise than the checkpoint's, and cuts log.jsonl back to the checkpoint's step.
 - logs: a console line (loss, lr, tokens/s, MFU on GPU, ETA), out/NAME/log.jsonl, optional
   wandb, and out/NAME/loss.png when matplotlib is installed.
 """
@@ -30,6 +34,8 @@ import gc
 import json
 import math
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -86,9 +92,10 @@ dtype = "auto"                  # "auto" (bf16 on CUDA when supported, else fp16
                                 # "bfloat16", "float16", "float32"
 compile = None                  # None: on for CUDA, off elsewhere
 
-from configurator import configure  # noqa: E402
+from configurator import claim, configure, plain_name  # noqa: E402
 settings = configure(globals(), also_from=("prepare.py",))  # the final values, saved in checkpoints
 ROOT = os.path.dirname(os.path.abspath(__file__))
+plain_name("dataset", dataset)  # data/NAME and out/NAME must not reach elsewhere (--dataset=../../x)
 out_dir = out_dir or os.path.join("out", dataset)
 for name, allowed in (("init_from", ("scratch", "resume")), ("lr_schedule", ("cosine", "wsd")),
                       ("dtype", ("auto", "bfloat16", "float16", "float32"))):
@@ -103,13 +110,78 @@ if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
-device_type = device.split(":")[0]
+if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+    sys.exit(f"device must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+device_type, _, device_index = device.partition(":")
+# A device this machine lacks is said as such here; later it would surface as a traceback, or as a
+# "corrupt checkpoint" when resuming (loading onto it fails).
+gpus = torch.cuda.device_count()
+if device_type == "cuda" and int(device_index or 0) >= gpus:
+    sys.exit(f"device {device!r} asked for, but this machine has {gpus} CUDA GPU(s) that PyTorch can use: "
+             "run with --device=cpu (or --device=auto)")
+if device_type == "mps" and not torch.backends.mps.is_available():
+    sys.exit("device 'mps' asked for, but this machine has no Apple GPU (MPS) that PyTorch can use: "
+             "run with --device=cpu (or --device=auto)")
+
+# --- out_dir: this run's alone, and only ever holding pretrain.py's own files ---
+OUTPUTS = ("best.pt", "last.pt", "log.jsonl", "loss.png")  # all that pretrain.py writes in out_dir
+last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+log_path = os.path.join(out_dir, "log.jsonl")
+
+
+def own_files():
+    """The names in out_dir, all pretrain.py's: its outputs, and temporary files (NAME.tmpPID) a killed run
+    left. Anything else stops the run, named: that folder is someone else's, not ours to write or clear."""
+    names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    others = []
+    for name in names:
+        if os.path.isdir(os.path.join(out_dir, name)):
+            others.append(name + "/")
+        elif name.split(".tmp")[0] not in OUTPUTS:
+            others.append(name)
+    if others:
+        shown = others[:8] + (["..."] if len(others) > 8 else [])
+        sys.exit(f"{out_dir} holds files that pretrain.py did not write: {', '.join(shown)}; choose another "
+                 "--out_dir (--force starts over only in a folder that holds nothing but pretrain.py's files)")
+    return names
+
+
+if master:  # the one process that writes out_dir
+    claim(out_dir)  # until this process exits: a second run on out_dir stops, naming this one
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        sys.exit(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
+    found = own_files()
+    if init_from == "scratch" and not force and ("last.pt" in found or "best.pt" in found):
+        sys.exit(f"{out_dir} already holds a run: continue it with --init_from=resume, "
+                 "or start over with --force (or choose another --out_dir)")
+
+# --- data: prepare.py checks it on every start, so that changed data settings are refused, not ignored ---
+data_dir = os.path.join("data", dataset)
+# pretrain.py's own arguments (prepare.py takes the data settings among them), less --force: here it
+# means "start training over"; rebuilding the data is prepare.py's --force, typed to prepare.py
+prepare_args = [arg for arg in sys.argv[1:] if arg != "--force" and not arg.startswith("--force=")]
+prepare_command = shlex.join(["python", "prepare.py", *prepare_args])
+if local_rank == 0:  # one process per machine, before the others wait for it (torchrun stops them if it fails)
+    if not os.path.exists(os.path.join(data_dir, "train.bin")):
+        if ddp:  # building a large dataset here would outlast the other processes' wait for this one
+            sys.exit(f"{data_dir}/train.bin not found: run `{prepare_command}` first")
+        print(f"{data_dir}/train.bin not found: running prepare.py first", flush=True)
+    try:
+        prepared = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *prepare_args])
+    except KeyboardInterrupt:  # Ctrl-C reaches prepare.py too, which says what it left
+        sys.exit(f"interrupted while prepare.py was checking or building {data_dir}: nothing was trained")
+    if prepared.returncode == 1:
+        sys.exit(1)  # prepare.py's own error, already said in one line (data built differently, a bad source...)
+    if prepared.returncode:
+        sys.exit(f"prepare.py failed (exit status {prepared.returncode}, see above); fix that, then run "
+                 "pretrain.py again")
 if ddp:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     if device_type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    dist.barrier()  # the other processes start reading data/NAME only once local rank 0 has checked it
 if grad_accum_steps % world:
     sys.exit(f"grad_accum_steps ({grad_accum_steps}) must be a multiple of the number of processes ({world})")
 local_accum = grad_accum_steps // world
@@ -123,19 +195,21 @@ if device_type == "cuda":
 compile = device_type == "cuda" if compile is None else compile
 log = print if master else (lambda *a, **k: None)
 
-# --- data: prepare it when missing, then memory-map it ---
-data_dir = os.path.join("data", dataset)
+# --- data: memory-mapped, once checked against meta.json ---
 if not os.path.exists(os.path.join(data_dir, "train.bin")):
-    if ddp:
-        sys.exit(f"{data_dir}/train.bin not found: run `python prepare.py {' '.join(sys.argv[1:])}` first")
-    print(f"{data_dir}/train.bin not found: running prepare.py first", flush=True)
-    if subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *sys.argv[1:]]).returncode:
-        sys.exit("prepare.py failed (see above); fix that, then run pretrain.py again")
-    if not os.path.exists(os.path.join(data_dir, "train.bin")):
-        sys.exit(f"prepare.py finished but {data_dir}/train.bin is still missing: check its dataset setting")
-with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-    meta = json.load(f)
-data_dtype = np.dtype(meta["dtype"])
+    sys.exit(f"prepare.py finished but {data_dir}/train.bin is still missing: check its dataset setting")
+rebuild = f"{prepare_command} --force"  # what to run for damaged data
+meta_path = os.path.join(data_dir, "meta.json")
+try:
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    data_dtype = np.dtype(meta["dtype"])
+    promised = {split: meta[split]["tokens"] for split in ("train", "val")}  # each .bin's length
+    missing = [key for key in ("vocab_size", "eot_id") if key not in meta]
+    if missing:
+        raise KeyError(", ".join(missing))
+except (OSError, ValueError, KeyError, TypeError) as e:  # missing, not JSON, a key missing or of the wrong type
+    sys.exit(f"{meta_path} is missing or damaged ({type(e).__name__}: {e}); rebuild the data with `{rebuild}`")
 
 
 def split_tokens(split):
@@ -144,9 +218,18 @@ def split_tokens(split):
 
 
 for split in ("train", "val"):
-    if len(split_tokens(split)) <= block_size + 1:
-        sys.exit(f"{data_dir}/{split}.bin holds {len(split_tokens(split))} tokens: fewer than one "
-                 f"window of block_size + 1 = {block_size + 1}; use more data or a smaller block_size")
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        sys.exit(f"{path} is missing; rebuild the data with `{rebuild}`")
+    # Checked by size before np.memmap, which cannot map an empty file; a .bin shorter than meta.json says
+    # was cut short (a full disk, a copy that stopped)
+    tokens = os.path.getsize(path) // data_dtype.itemsize
+    if tokens != promised[split]:
+        sys.exit(f"{path} holds {tokens} tokens, not the {promised[split]} of {meta_path}: it is damaged; "
+                 f"rebuild the data with `{rebuild}`")
+    if tokens <= block_size + 1:
+        sys.exit(f"{path} holds {tokens} tokens: fewer than one window of block_size + 1 = "
+                 f"{block_size + 1}; use more data or a smaller block_size")
 
 
 def get_batch(split, windows):
@@ -181,12 +264,20 @@ model = GPT(config).to(device)
 model.chunked_loss = device_type == "cpu" and dtype == "float32"  # model.py's speed trick for CPU training
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 start_iter, best_val_loss = 0, None
-last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
 if init_from == "resume":
     try:
         ckpt = load_checkpoint(last_path, map_location=device)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"cannot resume: {e}")
+    # The data must be tokenized as the checkpoint's was: else its ids mean other text, and the saved
+    # checkpoint would name a tokenizer its weights were not trained on (chat.py's check could not tell)
+    trained_on = (ckpt.get("tokenizer_sha256"), ckpt["model_config"].get("vocab_size"))
+    data_has = (meta.get("tokenizer_sha256"), meta["vocab_size"])
+    if trained_on != data_has:
+        sys.exit(f"cannot resume: {data_dir} holds data of another tokenizer than {last_path} was trained on "
+                 f"(tokenizer sha256 {str(data_has[0])[:12]}..., vocab_size {data_has[1]} in {meta_path}; "
+                 f"{str(trained_on[0])[:12]}..., vocab_size {trained_on[1]} in the checkpoint): rebuild the data "
+                 "with the settings it was trained on, or start over with --force (or another --out_dir)")
     if ckpt["model_config"] != asdict(config):
         sys.exit(f"{last_path} was trained with model {ckpt['model_config']}, not {asdict(config)}: "
                  "use the same model settings to resume")
@@ -195,9 +286,6 @@ if init_from == "resume":
     start_iter, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
     log(f"resuming {last_path} at step {start_iter}")
     del ckpt
-elif os.path.exists(last_path) and not force:
-    sys.exit(f"{out_dir} already holds a run: continue it with --init_from=resume, "
-             "or start over with --force (or choose another --out_dir)")
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {config}")
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 raw_model = model
@@ -246,7 +334,7 @@ def save(path, step):
 
 
 def write_log(record):
-    with open(os.path.join(out_dir, "log.jsonl"), "a", encoding="utf-8") as f:
+    with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
     if wandb_log:
         wandb.log(record, step=record["iter"])
@@ -259,7 +347,7 @@ def plot_losses():
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
+    with open(log_path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, style in (("loss", "-"), ("val_loss", "o-")):
@@ -270,6 +358,27 @@ def plot_losses():
     ax.legend()
     fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
     plt.close(fig)
+
+
+def keep_log_until(step):
+    """Resuming: keep the records up to the checkpoint's step, and only those. A run killed after its last
+    checkpoint logged steps that will now run again, and its last line may be cut off: each step must
+    appear once, in order. Rewritten atomically (a temporary file, then a rename)."""
+    if not os.path.exists(log_path):
+        return
+    kept = []
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut off by the kill
+                continue
+            if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= step:
+                kept.append(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp = f"{log_path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, log_path)
 
 
 # --- signals: finish the step, save, exit ---
@@ -284,8 +393,11 @@ signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    if init_from == "scratch" and os.path.exists(os.path.join(out_dir, "log.jsonl")):
-        os.remove(os.path.join(out_dir, "log.jsonl"))
+    for name in own_files():  # checked at the start: all pretrain.py's
+        if init_from == "scratch" or ".tmp" in name:  # starting over: nothing of an earlier run mixes in
+            os.remove(os.path.join(out_dir, name))
+    if init_from == "resume":
+        keep_log_until(start_iter)
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=os.path.basename(out_dir), config=settings)
@@ -340,11 +452,11 @@ while it < max_iters:
         result = evaluate()
         log(f"eval {it}: train {result['train_loss']:.4f} | val {result['val_loss']:.4f} | "
             f"val {result['val_bpb']:.3f} bits/byte\n  sample: {result.get('sample', '')!r}", flush=True)
+        write_log({"iter": it, **result})  # before the checkpoint: a kill in between loses no record
         if best_val_loss is None or result["val_loss"] < best_val_loss:
             best_val_loss = result["val_loss"]
             save(best_path, it)
         save(last_path, it)
-        write_log({"iter": it, **result})
         plot_losses()
         t0 = time.time()  # evaluation time is not training time
     if stop["requested"]:

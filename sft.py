@@ -24,13 +24,16 @@ What happens, in order (and why):
 """
 import csv
 import hashlib
+import io
 import json
 import os
 import random
+import signal
 import sys
 import time
 import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -44,8 +47,7 @@ sft_dataset = ""                    # data/sft/NAME/; "": named after init_from 
 # sources: kind "conversations" ({"messages": [...]} per line) or kind "pairs" (JSONL or CSV with
 # parallel columns; name the column holding each of latin / arabic / english, at least two of them)
 sources = [dict(path="data/sample/sft/conversations.jsonl", kind="conversations"),
-           dict(path="data/sample/sft/pairs.jsonl", kind="pairs",
-                latin="darija", arabic="darija_ar", english="eng")]
+           dict(path="data/sample/sft/pairs.jsonl", kind="pairs", latin="darija", arabic="darija_ar", english="eng")]
 tasks = ["dar2en", "en2dar", "lat2ar", "ar2lat"]  # pairs made from parallel rows (Darija->English, ...)
 prompts = "data/sample/sft/prompts.json"  # how each task's requests are phrased (several ways, 3 languages)
 system_prompt = "nta m3awen kayhder b darija. jaweb b wdo7 o b ikhtisar."
@@ -54,8 +56,8 @@ val_fraction = 0.05
 max_bad_fraction = 0.0              # bad rows tolerated per file (skipped, each reported); 0: fail
 build_only = False
 metric_only = False                 # only score init_from on the task metric: out_dir/scores.json
-force = False                       # overwrite an existing dataset / out_dir
-resume = False                      # continue from out_dir/last.pt
+force = False                       # rebuild a dataset / overwrite out_dir (never files sft.py did not write)
+resume = False                      # continue from out_dir/last.pt (saved at each eval, and on Ctrl-C)
 # training
 batch_size = 16
 block_size = 0                      # 0: the checkpoint's context length
@@ -81,10 +83,8 @@ metric_skip = 0                     # held-out items passed over first (scores i
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-from configurator import configure  # noqa: E402
+from configurator import claim, configure, plain_name  # noqa: E402
 config = configure(globals())
-
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -92,37 +92,20 @@ def fail(msg):
     raise SystemExit(f"sft.py: {msg}")
 
 
-# --- 1. the base checkpoint and its tokenizer ---------------------------------------------------
-
-def load_base(path):
-    """The base checkpoint, its tokenizer, the tokenizer's path and sha256, with clear errors."""
-    if not os.path.isfile(os.path.join(path, "best.pt") if os.path.isdir(path) else path):
-        fail(f"no base checkpoint at {path}: pre-train one first with `python pretrain.py config/darija_small.py` "
-             f"(or set --init_from)")
-    try:
-        ckpt, tok, tok_path = load_with_tokenizer(path)
-    except ValueError as e:
-        fail(str(e))
-    if not all(t in tok.special_tokens for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")):
-        fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
-    return ckpt, tok, tok_path, sha256_of(tok_path)
-
-
-ckpt, tok, tok_path, tok_sha = load_base(init_from)
+# --- 1. the base checkpoint and its tokenizer (checked to be the file it was trained with) -----------
+if not os.path.isfile(os.path.join(init_from, "best.pt") if os.path.isdir(init_from) else init_from):
+    fail(f"no base checkpoint at {init_from}: pre-train one first with `python pretrain.py config/darija_small.py` "
+         f"(or set --init_from)")
+try:
+    ckpt, tok, tok_path = load_with_tokenizer(init_from)
+except ValueError as e:
+    fail(str(e))
+if not all(t in tok.special_tokens for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")):
+    fail(f"{tok_path} has no chat tokens: rebuild it with the current bpe.py (prepare.py --force)")
+tok_sha = sha256_of(tok_path)
 
 
 # --- 2. the dataset ------------------------------------------------------------------------------
-prompts_path = prompts if os.path.isfile(prompts) else os.path.join(ROOT, prompts)  # shipped with the code
-if not os.path.isfile(prompts_path):
-    fail(f"prompts file not found: {prompts} (see data/sample/sft/prompts.json for the format)")
-with open(prompts_path, encoding="utf-8") as f:  # per task: [language of the request, template, Darija script]
-    TEMPLATES = {task: phrasings for task, phrasings in json.load(f).items() if task != "about"}
-TASK_FIELDS = {"dar2en": ("darija", "english"), "en2dar": ("english", "darija"),
-               "lat2ar": ("latin", "arabic"), "ar2lat": ("arabic", "latin")}
-if set(tasks) - set(TEMPLATES):
-    fail(f"unknown tasks {sorted(set(tasks) - set(TEMPLATES))}; choose among {', '.join(TEMPLATES)}")
-
-
 def normalized(text):
     """The form texts are compared in, for dedup and grouping: NFKC, case-folded, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
@@ -132,19 +115,25 @@ def read_rows(path):
     """Yield (line number, row dict) from a JSONL or CSV file; unreadable lines are ValueErrors."""
     if not os.path.isfile(path):
         raise ValueError(f"source file not found: {path} (see README 'Instruction tuning' for how to get data)")
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.endswith(".csv"):
-            reader = csv.DictReader(f)
-            yield from ((reader.line_num, row) for row in reader)
-            return
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                row = ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
-            yield n, row if isinstance(row, (dict, ValueError)) else ValueError("expected a JSON object")
+    raw = Path(path).read_bytes()
+    try:
+        f = io.StringIO(raw.decode("utf-8"), newline="")  # as a text file: lines end at \n, \r or \r\n
+    except UnicodeDecodeError as e:  # the codec knows only the byte offset: name the line
+        line = len(raw[:e.start + 1].splitlines())  # bytes split at \n, \r and \r\n too
+        raise ValueError(f"{path} line {line}: not valid UTF-8 (byte {raw[e.start]:#04x}): save it as UTF-8") from None
+    if path.endswith(".csv"):
+        csv.field_size_limit(2**31 - 1)  # a field can be a long conversation turn: csv's default stops at 128 KB
+        reader = csv.DictReader(f)
+        yield from ((reader.line_num, row) for row in reader)
+        return
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            row = ValueError(f"not valid JSON ({e.msg} at column {e.colno})")
+        yield n, row if isinstance(row, (dict, ValueError)) else ValueError("expected a JSON object")
 
 
 def read_source(src, tok):
@@ -211,7 +200,6 @@ def group_items(items):
         while parent[i] != i:
             parent[i] = i = parent[parent[i]]
         return i
-
     for i, item in enumerate(items):
         for key in item_keys(item):
             parent[root(i)] = root(owner.setdefault(key, i))
@@ -224,15 +212,15 @@ def item_keys(item):
     return [f"{k}:{normalized(item[k])}" for k in ("latin", "arabic", "english") if k in item]
 
 
-def in_val(key):
-    """A stable split decision from a hash, independent of file order and of the other items."""
-    h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big")
-    return h / 2**64 < val_fraction
+def in_val(key):  # a stable split decision from a hash: independent of file order and of the other items
+    return int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64 < val_fraction
 
 
 def build_dataset(data_dir, tok, tok_path, tok_sha):
     items, report, seen = [], [], set()
     for src in sources:
+        if os.path.realpath(str(src.get("path"))).startswith(os.path.realpath(data_dir) + os.sep):
+            raise ValueError(f"source {src['path']} lies inside {data_dir}/, which sft.py rewrites: move it out")
         got, n_bad = read_source(src, tok)
         fresh = []
         for item in got:  # exact duplicates, across sources, are dropped
@@ -271,42 +259,58 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
     return stats
 
 
-def write_atomic(path, text):
+def write_atomic(path, text):  # through a temporary file: a crash never leaves a half-written file at path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    Path(f"{path}.tmp{os.getpid()}").write_text(text, encoding="utf-8")
+    os.replace(f"{path}.tmp{os.getpid()}", path)
 
 
-def print_stats(stats):
-    for src in stats["sources"]:
-        print(f"  {src['path']}: {src['items']:,} items ({src['duplicates']:,} duplicates, {src['bad_rows']} bad rows)")
-    print(f"  {stats['items']:,} items in {stats['groups']:,} groups (items sharing a sentence stay together)")
-    for name in ("train", "val"):
-        split = stats[name]
-        per_task = ", ".join(f"{task} {count:,}" for task, count in split["tasks"].items())
-        print(f"  {name}: {split['examples']:,} examples, {split['tokens']:,} tokens, assistant share "
-              f"{split['assistant_share']:.1%} ({per_task})")
+def claim_to_write(folder, ours, instead):
+    """Lock `folder` (a second run names this one's process); stop if it holds files sft.py did not write."""
+    claim(folder)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    others = sorted(name for name in names if name not in ours and ".tmp" not in name)  # ours, and our temporaries
+    if others:
+        fail(f"{folder}/ holds files sft.py did not write: {', '.join(others)}; {instead}")  # --force or not
 
 
-sft_dataset = sft_dataset or os.path.basename(os.path.normpath(init_from if os.path.isdir(init_from)
-                                                               else os.path.dirname(init_from)))
+prompts_path = prompts if os.path.isfile(prompts) else os.path.join(ROOT, prompts)  # shipped with the code
+if not os.path.isfile(prompts_path):
+    fail(f"prompts file not found: {prompts} (see data/sample/sft/prompts.json for the format)")
+with open(prompts_path, encoding="utf-8") as f:  # per task: [language of the request, template, Darija script]
+    TEMPLATES = {task: phrasings for task, phrasings in json.load(f).items() if task != "about"}
+TASK_FIELDS = {"dar2en": ("darija", "english"), "en2dar": ("english", "darija"),
+               "lat2ar": ("latin", "arabic"), "ar2lat": ("arabic", "latin")}
+if set(tasks) - set(TEMPLATES):
+    fail(f"unknown tasks {sorted(set(tasks) - set(TEMPLATES))}; choose among {', '.join(TEMPLATES)}")
+sft_dataset = plain_name("sft_dataset", sft_dataset or os.path.basename(os.path.normpath(
+    init_from if os.path.isdir(init_from) else os.path.dirname(init_from))))
 data_dir = os.path.join("data", "sft", sft_dataset)
 stats_path = os.path.join(data_dir, "stats.json")
-if not os.path.isfile(stats_path) or (build_only and force):
+try:  # the dataset's stats.json, if sft.py wrote it (a user's file of that name is no such thing)
+    stats = json.loads(Path(stats_path).read_text(encoding="utf-8"))
+    built = {"tokenizer_sha256", "sources", "train", "val"} <= set(stats)
+except (OSError, ValueError, TypeError):
+    built = False
+if build_only and built and not force:
+    fail(f"{data_dir}/ already exists; add --force to rebuild it")
+if build_only or not built:
+    claim_to_write(data_dir, ("train.jsonl", "val.jsonl", "stats.json") if built else (),
+                   "it builds only into a new folder or one it built: move them out or pick another --sft_dataset")
     print(f"building the SFT dataset in {data_dir}/ with tokenizer {tok_path}")
     try:
         stats = build_dataset(data_dir, tok, tok_path, tok_sha)
     except ValueError as e:
         fail(str(e))
 else:
-    with open(stats_path, encoding="utf-8") as f:
-        stats = json.load(f)
-    if build_only:
-        fail(f"{data_dir}/ already exists; add --force to rebuild it")
     print(f"using the SFT dataset in {data_dir}/ (delete it or run --build_only --force to rebuild)")
-print_stats(stats)
+for src in stats["sources"]:
+    print(f"  {src['path']}: {src['items']:,} items ({src['duplicates']:,} duplicates, {src['bad_rows']} bad rows)")
+print(f"  {stats['items']:,} items in {stats['groups']:,} groups (items sharing a sentence stay together)")
+for name in ("train", "val"):
+    per_task = ", ".join(f"{task} {count:,}" for task, count in stats[name]["tasks"].items())
+    print(f"  {name}: {stats[name]['examples']:,} examples, {stats[name]['tokens']:,} tokens, assistant share "
+          f"{stats[name]['assistant_share']:.1%} ({per_task})")
 if stats["tokenizer_sha256"] != tok_sha:
     fail(f"{data_dir}/ was built with tokenizer {stats['tokenizer']} (sha256 {stats['tokenizer_sha256'][:12]}), "
          f"but {init_from} uses {tok_path} (sha256 {tok_sha[:12]}): rebuild it with --build_only --force "
@@ -316,17 +320,6 @@ if build_only:
 
 
 # --- 3. the task metric (after training, or alone with --metric_only) ---------------------------------
-
-examples = {}
-for split in ("train", "val"):
-    with open(os.path.join(data_dir, f"{split}.jsonl"), encoding="utf-8") as f:
-        examples[split] = [json.loads(line) for line in f]
-torch.manual_seed(seed)
-device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-device_type = "cuda" if device.startswith("cuda") else "cpu"
-autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
-
-
 def generate_text(model, ids, first_line=False):
     """Greedy continuation of `ids` up to a special token (<|end|>, or a derailment) or, if first_line, a newline."""
     out, room, stop = [], min(max_new_tokens, model.config.block_size - len(ids)), set(tok.special_tokens.values())
@@ -338,14 +331,9 @@ def generate_text(model, ids, first_line=False):
     return (text.split("\n")[0] if first_line else text).strip()
 
 
-def answer(model, messages):  # the chat model's greedy answer to a conversation ending with the user
-    return generate_text(model, tok.render_for_completion(messages))
-
-
 def chrf(hyps, refs, order=6, beta=2.0):
-    """Corpus-level chrF (Popovic 2015), computed as sacrebleu does by default: character n-grams
-    of orders 1..6 with whitespace removed, counts summed over the corpus, precision and recall
-    averaged over the orders present, then the F-score weighting recall beta times as much."""
+    """Corpus-level chrF (Popovic 2015), as sacrebleu's default: character 1..6-grams without whitespace, counts
+    summed over the corpus, precision and recall averaged over the orders present, recall weighted beta times."""
     stats = [[0, 0, 0] for _ in range(order)]  # per order: hypothesis n-grams, reference n-grams, matches
     for hyp, ref in zip(hyps, refs):
         hyp, ref = "".join(hyp.split()), "".join(ref.split())
@@ -362,9 +350,6 @@ def chrf(hyps, refs, order=6, beta=2.0):
     return 100 * (1 + beta**2) * precision * recall / denominator if denominator else 0.0
 
 
-FEW_SHOT = {"lat2ar": ("Arabizi", "Arabic"), "dar2en": ("Darija", "English")}
-
-
 def task_scores(model, chat):
     """chrF per task: a chat model answers the held-out request as phrased; a base model continues
     a few-shot plain-text prompt ("Arabizi: ...\\nArabic: ...") up to the newline."""
@@ -375,19 +360,28 @@ def task_scores(model, chat):
             continue
         shots = [ex for ex in examples["train"] if ex["task"] == task and len(ex["input"]) < 60][:few_shot]
         prefix = "".join(f"{source}: {s['input']}\n{target}: {s['messages'][-1]['content']}\n\n" for s in shots)
-        hyps = []
-        for ex in items:
-            if chat:
-                hyps.append(answer(model, ex["messages"][:-1]))
-            else:
-                prompt = tok.encode_ordinary(f"{prefix}{source}: {ex['input']}\n{target}:")
-                hyps.append(generate_text(model, [tok.eot_id] + prompt, first_line=True))
+        if chat:
+            hyps = [generate_text(model, tok.render_for_completion(ex["messages"][:-1])) for ex in items]
+        else:
+            inputs = [[tok.eot_id] + tok.encode_ordinary(f"{prefix}{source}: {ex['input']}\n{target}:") for ex in items]
+            hyps = [generate_text(model, ids, first_line=True) for ids in inputs]
         score = round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2)
         scores[task] = dict(items=len(items), chrf=score, example=dict(input=items[0]["input"], output=hyps[0]))
         print(f"  {'chat' if chat else 'base'} {task}: chrF {score:.1f} on {len(items)} items")
     return scores
 
 
+examples = {}
+for split in ("train", "val"):
+    with open(os.path.join(data_dir, f"{split}.jsonl"), encoding="utf-8") as f:
+        examples[split] = [json.loads(line) for line in f]
+torch.manual_seed(seed)
+device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+device_type = "cuda" if device.startswith("cuda") else "cpu"
+if device_type == "cuda" and not torch.cuda.is_available():
+    fail(f"--device={device}: no CUDA device here (use --device=cpu, or auto)")
+autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+FEW_SHOT = {"lat2ar": ("Arabizi", "Arabic"), "dar2en": ("Darija", "English")}  # the base model's prompt labels
 if metric_only:  # score init_from as it is: a chat model if it was fine-tuned, else few-shot
     print(f"task metric of {init_from}: chrF of greedy answers on up to {metric_items} held-out items per task")
     scores = task_scores(model_from_checkpoint(ckpt).to(device), chat=ckpt["kind"] != "base")
@@ -397,11 +391,17 @@ if metric_only:  # score init_from as it is: a chat model if it was fine-tuned, 
 
 
 # --- 4. training: whole conversations packed into rows, the loss on the assistant's tokens ----------
+def checkpoint(path, with_optimizer):
+    save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
+                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
 
+
+claim_to_write(out_dir, ("best.pt", "last.pt", "metrics.json", "scores.json"), "pick another --out_dir")
 if os.path.exists(os.path.join(out_dir, "best.pt")) and not (force or resume):
     fail(f"{out_dir}/ already holds a checkpoint: add --force to overwrite it or --resume to continue it")
-if resume and not os.path.isfile(os.path.join(out_dir, "last.pt")):
-    fail(f"--resume: no {out_dir}/last.pt to continue from")
+last_path = os.path.join(out_dir, "last.pt")
+if resume and not os.path.isfile(last_path):
+    fail(f"--resume: no {last_path} to continue from")
 T = block_size or ckpt["model_config"]["block_size"]
 if T > ckpt["model_config"]["block_size"]:
     fail(f"block_size {T} is longer than the checkpoint's context ({ckpt['model_config']['block_size']})")
@@ -410,13 +410,21 @@ train_chats, val_chats = ([c for c in (tok.fit_conversation(ex["messages"], T + 
 if not train_chats or not val_chats:
     fail(f"{data_dir}/ has no usable {'train' if not train_chats else 'val'} examples "
          f"(too few sources, or every example longer than {T} tokens)")
-val_rows = tok.pack_conversations(val_chats, T)  # fixed rows, so that evaluations compare
-val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size], device=device) for rows in val_rows)
+val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size], device=device)  # fixed rows: evaluations compare
+                for rows in tok.pack_conversations(val_chats, T))
 print(f"{len(train_chats):,} train / {len(val_chats):,} val conversations (longer than {T} tokens: dropped); "
       f"val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
-
-state = load_checkpoint(os.path.join(out_dir, "last.pt")) if resume else ckpt
-raw_model = model_from_checkpoint(state).to(device)
+if resume:  # last.pt must be readable and trained on this very data: same tokenizer, same vocabulary
+    try:
+        state = load_checkpoint(last_path)
+    except ValueError as e:
+        fail(f"--resume: {e}")
+    last_vocab, data_vocab = state["model_config"]["vocab_size"], ckpt["model_config"]["vocab_size"]
+    if state.get("tokenizer_sha256") != stats["tokenizer_sha256"] or last_vocab != data_vocab:
+        fail(f"--resume: {last_path} was trained with tokenizer {state.get('tokenizer')} (sha256 "
+             f"{str(state.get('tokenizer_sha256'))[:12]}, vocab {last_vocab}), but {data_dir}/ was built with "
+             f"{stats['tokenizer']} (sha256 {stats['tokenizer_sha256'][:12]}, vocab {data_vocab}): --force starts over")
+raw_model = model_from_checkpoint(state if resume else ckpt).to(device)
 raw_model.chunked_loss = device_type == "cpu"  # model.py's CPU speed trick for training
 model = torch.compile(raw_model) if compile else raw_model
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
@@ -427,12 +435,9 @@ if resume:
     print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f})")
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
-
-def checkpoint(path, with_optimizer):
-    save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
-                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
-
-
+interrupted = []  # Ctrl-C / SIGTERM while training (as in pretrain.py): finish the step, save last.pt, stop
+on_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: interrupted.append(signum))
 rng, train_order = random.Random(seed + step), list(train_chats)
 row, bad_evals, t0, tokens_seen, train_x = 0, 0, time.time(), 0, []
 while True:
@@ -446,10 +451,11 @@ while True:
         if improved:
             best_val, best_step = val, step
             checkpoint(os.path.join(out_dir, "best.pt"), with_optimizer=False)
-        checkpoint(os.path.join(out_dir, "last.pt"), with_optimizer=True)
+        checkpoint(last_path, with_optimizer=True)
         print(f"step {step}: val loss {val:.4f} (assistant tokens){' *best, saved' if improved else ''}")
         for prompt in sample_prompts:
-            print(f"  > {prompt}\n    {answer(raw_model, [{'role': 'user', 'content': prompt}])!r}")
+            reply = generate_text(raw_model, tok.render_for_completion([{"role": "user", "content": prompt}]))
+            print(f"  > {prompt}\n    {reply!r}")
         if bad_evals >= patience:
             print(f"early stop at step {step}: val has not improved for {patience} evals "
                   f"(best {best_val:.4f} at step {best_step})")
@@ -476,6 +482,12 @@ while True:
         elapsed = time.time() - t0  # evaluations included: what the user waits for
         print(f"step {step}/{max_iters}: loss {loss.item():.4f}, lr {lr:.2e}, {tokens_seen / elapsed:,.0f} tok/s, "
               f"ETA {elapsed / tokens_seen * x.numel() * (max_iters - step) / 60:.1f} min (sooner on an early stop)")
+    if interrupted:
+        checkpoint(last_path, with_optimizer=True)
+        print(f"stopped at step {step}: saved {last_path}; continue with --resume")
+        sys.exit(130)
+signal.signal(signal.SIGINT, on_sigint)  # after training, Ctrl-C and SIGTERM act at once again
+signal.signal(signal.SIGTERM, on_sigterm)
 
 if metric_items:  # the task metric, the base model's (few-shot) next to the fine-tuned one's
     print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task"

@@ -131,7 +131,7 @@ def main():
     s = meta["seconds"]
     print(f"\n| step (13.6 MB corpus, {meta['train']['docs'] + meta['val']['docs']:,} documents kept) | seconds | MB/s |")
     print("|---|---:|---:|")
-    for k, what in (("read", "read + parse JSON lines"), ("clean", "clean (+ script counts)"), ("dedup", "dedup (hash + unique)"),
+    for k, what in (("read", "read + parse JSON lines + clean + dedup"),
                     ("tokenizer", "train the tokenizer, vocab 16,384, on a 10 MB sample"), ("encode", "encode to .bin")):
         print(f"| {what} | {s[k]:.1f} | {mb / s[k] if k != 'tokenizer' else 10 / s[k]:.1f} |")
     print(f"| whole stage (wall, with start-up) | {wall:.1f} | {mb / wall:.2f} |")

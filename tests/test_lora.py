@@ -4,7 +4,10 @@ adapter file round-trips and refuses a wrong base) and lora.py's run end to end 
 import hashlib
 import io
 import json
+import os
 import runpy
+import signal
+import subprocess
 import sys
 from contextlib import redirect_stdout
 
@@ -12,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import configurator
 from bpe import Tokenizer
 from conftest import ROOT
 from lora import LoRALinear, add_lora, apply_adapter, load_adapter, lora_state_dict, merge_lora, save_adapter
@@ -261,13 +265,37 @@ def work(tmp_path_factory):
 
 
 def run_lora(work, monkeypatch, *args):
-    """Run lora.py in-process in `work` (sft.py still runs as its own process); return its output."""
+    """Run lora.py in-process in `work` (sft.py still runs as its own process); return its output. The
+    out_dir it locks is unlocked after the run: in-process, the lock would last until pytest exits."""
     monkeypatch.chdir(work)
     monkeypatch.setattr(sys, "argv", ["lora.py", "lora_test.py", *args])
+    locks, real_claim = [], configurator.claim
+
+    def claim_and_remember(folder):
+        locks.append(real_claim(folder))
+        return locks[-1]
+
+    monkeypatch.setattr(configurator, "claim", claim_and_remember)
     out = io.StringIO()
-    with redirect_stdout(out):
-        runpy.run_path(str(ROOT / "lora.py"), run_name="__main__")
+    try:
+        with redirect_stdout(out):
+            runpy.run_path(str(ROOT / "lora.py"), run_name="__main__")
+    finally:
+        for lock in locks:
+            if os.path.exists(lock):
+                os.remove(lock)
     return out.getvalue()
+
+
+def start_lora(work, *args):
+    """Start lora.py as its own process; return it once it prints its first "step" line (training has begun)."""
+    proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "lora.py"), "lora_test.py", *args], cwd=work,
+                            text=True, encoding="utf-8", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:
+        if line.startswith("step"):
+            return proc
+    raise AssertionError(f"lora.py ended before training (exit {proc.wait()}): {proc.stderr.read()}")
 
 
 def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypatch):
@@ -330,3 +358,82 @@ def test_lora_py_task_token_rows_are_tokens_of_the_sft_data(work, monkeypatch):
     with pytest.raises(SystemExit, match=r"task_token_rows=400: choose between 0 and 317 \(the vocabulary has 321 "
                                          r"tokens, 4 of them chat tokens\)"):
         run_lora(work, monkeypatch, "--task_token_rows=400", "--out_dir=out/lora_rows2")
+
+
+# --- reliability (issue 14): adapter files, folders, locks, one-line errors, Ctrl-C ------------------
+
+def test_an_empty_or_incomplete_adapter_file_is_one_clear_error(trained, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")  # torch.load raises EOFError with an empty message
+    with pytest.raises(ValueError, match=rf"{empty} is not a readable adapter file \(truncated or corrupt\): EOFError"):
+        load_adapter(str(empty))
+    _, adapter_path, _, _ = trained
+    adapter = torch.load(adapter_path, weights_only=True)
+    del adapter["base_sha256"], adapter["rank"]
+    torch.save(adapter, tmp_path / "incomplete.pt")
+    with pytest.raises(ValueError, match=r"incomplete.pt is an incomplete adapter file: it lacks rank, base_sha256;"):
+        load_adapter(str(tmp_path / "incomplete.pt"))
+
+
+def test_merge_adapter_on_an_empty_file_is_one_line(work, monkeypatch):
+    (work / "empty_adapter.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"lora.py: empty_adapter.pt is not a readable adapter file"):
+        run_lora(work, monkeypatch, "--merge_adapter=empty_adapter.pt", "--init_from=out/base")
+
+
+def test_sft_dataset_must_be_a_plain_name(work, monkeypatch):
+    with pytest.raises(SystemExit, match=r"sft_dataset must be a plain name .*got '../t'"):
+        run_lora(work, monkeypatch, "--sft_dataset=../t", "--out_dir=out/plain")
+
+
+def test_out_dir_holding_other_files_is_refused_even_with_force(work, monkeypatch):
+    folder = work / "out/lora_notes"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit, match=r"out/lora_notes/ holds files lora.py did not write: notes.txt;"):
+            run_lora(work, monkeypatch, "--out_dir=out/lora_notes", "--max_iters=1", "--metric_items=0", *force)
+    assert os.listdir(folder) == ["notes.txt"]
+
+
+def test_dataset_built_with_another_tokenizer_names_both(work, monkeypatch):
+    data = work / "data/sft/alien"  # as sft.py writes it, but for another tokenizer
+    data.mkdir(parents=True)
+    for split in ("train", "val"):
+        (data / f"{split}.jsonl").write_text("", encoding="utf-8")
+    stats = dict(tokenizer="data/alien/tokenizer.json", tokenizer_sha256="ab" * 32, sources=[], train={}, val={})
+    (data / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    base_sha = sha256_of(work / "data/base/tokenizer.json")
+    with pytest.raises(SystemExit, match=rf"data/sft/alien/ was built with tokenizer data/alien/tokenizer.json \(sha256 "
+                                         rf"abababababab\), not with the base's data/base/tokenizer.json \(sha256 {base_sha[:12]}\)"):
+        run_lora(work, monkeypatch, "--sft_dataset=alien", "--out_dir=out/alien")
+
+
+def test_device_cuda_without_cuda_is_one_line(work, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"--device=cuda: no CUDA device here \(use --device=cpu, or auto\)"):
+        run_lora(work, monkeypatch, "--out_dir=out/lora_cuda", "--device=cuda", "--max_iters=1", "--metric_items=0")
+
+
+def test_a_second_run_on_the_same_out_dir_names_the_first(work, monkeypatch):
+    first = start_lora(work, "--out_dir=out/lora_locked", "--max_iters=100000", "--eval_interval=100000",
+                       "--task_token_rows=5")
+    try:
+        with pytest.raises(SystemExit, match=rf"out/lora_locked is in use by process {first.pid} "):
+            run_lora(work, monkeypatch, "--out_dir=out/lora_locked", "--force", "--max_iters=1", "--metric_items=0",
+                     "--task_token_rows=5")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+
+
+def test_ctrl_c_keeps_the_best_adapter_and_says_so(work):
+    run = start_lora(work, "--out_dir=out/lora_ctrlc", "--max_iters=100000", "--eval_interval=100000",
+                     "--log_interval=1", "--task_token_rows=5")
+    os.kill(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in err, err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped at step ")]
+    assert len(stopped) == 1 and stopped[0].endswith(": out/lora_ctrlc/adapter.pt holds the best adapter (step 0)"), out
+    assert load_adapter(str(work / "out/lora_ctrlc/adapter.pt"))["config"]["step"] == 0
+    assert not (work / "out/lora_ctrlc/metrics.json").exists()  # stopped: no merge, no metric

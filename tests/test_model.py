@@ -230,6 +230,12 @@ def test_checkpoint_errors(tmp_path):
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
         load_checkpoint(str(path))
+    path.write_bytes(b"")  # a 0-byte file (a full disk): torch.load's error has no message at all
+    with pytest.raises(ValueError, match="last.pt is not a readable checkpoint .*: EOFError"):
+        load_checkpoint(str(path))
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="best.pt is not a readable checkpoint"):
+        load_checkpoint(str(tmp_path))  # a directory means its best.pt
     torch.save({"state_dict": {}}, str(path))
     with pytest.raises(ValueError, match="is not a darija-gpt checkpoint: missing model, model_config, kind"):
         load_checkpoint(str(path))

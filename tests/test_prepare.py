@@ -7,6 +7,8 @@ import importlib
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,7 +144,7 @@ def test_bin_decodes_back_to_the_cleaned_documents(built, P):
     assert meta["tokenizer"] == os.path.join("data", "t", "tokenizer.json")
     assert meta["tokenizer_sha256"] == hashlib.sha256((d / "data/t/tokenizer.json").read_bytes()).hexdigest()
     s = meta["sources"][0]
-    assert s["docs_read"] == 246 and s["docs_kept"] == 240 and 0.3 < s["arabic_letters"] / s["all_letters"] < 0.7
+    assert s["docs_read"] == 246 and s["docs_kept"] == 240
     assert not (d / "data/t.partial").exists() and "wrote data/t/" in r.stdout
     assert "reading and cleaning: " in r.stdout and "chars/s]" in r.stdout and "B/s]" in r.stdout  # rates, on stdout
 
@@ -161,11 +163,26 @@ def test_rerun_reuses_refuses_then_force_rebuilds(built):
     before = (d / "data/t/meta.json").stat().st_mtime
     assert "up to date" in run(d, "--dataset=t", *args).stdout
     r = run(d, "--dataset=t", *args[:-1], "--val_fraction=0.2", ok=False)
-    assert "data/t exists and was built differently (val_fraction: 0.1 -> 0.2); run again with --force" in r.stderr
+    command = "python prepare.py " + shlex.join(["--dataset=t", *args[:-1], "--val_fraction=0.2", "--force"])
+    assert r.stderr.strip() == (f"prepare.py: data/t was built with other settings (val_fraction: 0.1 -> 0.2): "
+                                f"rebuild it with `{command}`, or choose another --dataset")
     assert (d / "data/t/meta.json").stat().st_mtime == before  # untouched
+    # the command in the message, pasted into a shell, rebuilds the folder
     run(d, "--dataset=t4", *args, "--tokenizer=data/t/tokenizer.json")
-    run(d, "--dataset=t4", *args[:-1], "--val_fraction=0.2", "--tokenizer=data/t/tokenizer.json", "--force")
+    r = run(d, "--dataset=t4", *args[:-1], "--val_fraction=0.2", "--tokenizer=data/t/tokenizer.json", ok=False)
+    pasted = re.search(r"rebuild it with `python prepare.py (.*)`", r.stderr)[1]
+    subprocess.run(f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'prepare.py'))} {pasted}", shell=True,
+                   cwd=d, env=isolated(d), check=True, capture_output=True)
     assert json.loads((d / "data/t4/meta.json").read_text())["settings"]["val_fraction"] == 0.2
+
+
+def test_a_source_in_the_output_folder_is_refused(built):
+    d, _, _ = built
+    for force in ([], ["--force"]):  # even without --force: building there would replace the source
+        r = run(d, "--dataset=t", src(path="data/t"), *force, ok=False)
+        assert r.stderr.strip() == ("prepare.py: the source data/t is in data/t, the folder this run writes: "
+                                    "choose another --dataset")
+    assert (d / "data/t/meta.json").is_file()
 
 
 def test_parquet_and_a_json_array(tmp_path):
@@ -179,6 +196,64 @@ def test_parquet_and_a_json_array(tmp_path):
     assert meta["train"]["docs"] + meta["val"]["docs"] == 240, r.stdout
     r = run(tmp_path, src(path="a.parquet"), "--dataset=q", ok=False)
     assert "a.parquet: no column 'text'; columns: Text, n (set text_field)" in r.stderr
+
+
+# --- the folders it writes: plain names, only its own folders replaced, one run at a time -------------
+
+def files_under(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_dataset_must_be_a_plain_name(tmp_path):
+    (tmp_path / "a/victim").mkdir(parents=True)
+    (tmp_path / "a/victim/keep.txt").write_text("mine")
+    (tmp_path / "a/b").mkdir()
+    (tmp_path / "a/b/x.txt").write_text("\n".join(DOCS))
+    for name in ("../../victim", str(tmp_path / "a/victim"), ".."):  # data/../../victim is a/victim
+        r = run(tmp_path / "a/b", f"--dataset={name}", src(path="x.txt"), "--vocab_size=300", "--force", ok=False)
+        assert r.stderr.strip() == (f"config error: dataset must be a plain name (one folder name: no '/', no '..'), "
+                                    f"got {name!r}")
+    assert files_under(tmp_path / "a/victim") == {"keep.txt": b"mine"}
+
+
+@pytest.mark.parametrize("name, files, source, message", [
+    # the README's mistake: the corpus folder itself as the output
+    ("mycorpus", {"a.txt": "\n\n".join(DOCS[:100]), "b.txt": "\n\n".join(DOCS[100:])}, "data/mycorpus",
+     "holds files prepare.py did not write (a.txt, b.txt)"),
+    # the shipped sample corpus (a copy of its layout)
+    ("sample", {"README.md": "# sample", "pretrain/a.txt": "\n\n".join(DOCS), "sft/train.jsonl": "{}"}, "x.txt",
+     "holds files prepare.py did not write (README.md, pretrain, sft)"),
+    # only prepare.py's file names, but another program's meta.json
+    ("other", {"train.bin": "", "meta.json": '{"format": "other"}'}, "x.txt", "has no meta.json written by prepare.py"),
+])
+def test_only_a_folder_prepare_wrote_is_replaced(tmp_path, name, files, source, message):
+    for path, content in files.items():
+        (tmp_path / "data" / name / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name / path).write_text(content)
+    (tmp_path / "x.txt").write_text("\n\n".join(DOCS))
+    before = files_under(tmp_path / "data")
+    for force in ([], ["--force"]):
+        r = run(tmp_path, f"--dataset={name}", src(path=source, txt_docs="block"), "--vocab_size=300", *force, ok=False)
+        refusal = f"prepare.py: data/{name} {message}: refusing to replace it; choose another --dataset"
+        assert r.stderr.strip() == refusal
+    assert files_under(tmp_path / "data") == before
+
+
+def test_a_leftover_old_folder_is_removed_only_when_prepare_wrote_it(tmp_path):
+    (tmp_path / "x.txt").write_text("\n".join(DOCS))
+    args = [src(path="x.txt"), "--vocab_size=300", "--dataset=o"]
+    run(tmp_path, *args)
+    shutil.copytree(tmp_path / "data/o", tmp_path / "data/o.old")  # a --force run stopped before its clean-up
+    r = run(tmp_path, *args, "--val_fraction=0.1", "--force")  # was "Directory not empty", after the whole rebuild
+    assert "prepare.py: removing data/o.old, left by an interrupted run" in r.stdout
+    assert not (tmp_path / "data/o.old").exists()
+    assert json.loads((tmp_path / "data/o/meta.json").read_text())["settings"]["val_fraction"] == 0.1
+    (tmp_path / "data/new.old").mkdir()  # someone's folder: it was deleted at the end of a run
+    (tmp_path / "data/new.old/notes.txt").write_text("mine")
+    r = run(tmp_path, *args[:-1], "--dataset=new", ok=False)
+    assert r.stderr.strip() == ("prepare.py: data/new.old holds files prepare.py did not write (notes.txt): "
+                                "refusing to delete it; move it elsewhere")
+    assert files_under(tmp_path / "data/new.old") == {"notes.txt": b"mine"} and not (tmp_path / "data/new").exists()
 
 
 # --- bad input: each one a clear message, and no output left behind --------------------------------
@@ -201,14 +276,63 @@ def test_bad_input_is_a_clear_error(tmp_path, content, args, message):
     assert not (tmp_path / "data/bad").exists() and not (tmp_path / "data/bad.partial").exists()
 
 
+def truncated_gz(d):
+    data = gzip.compress(jsonl(DOCS))
+    (d / "x.jsonl.gz").write_bytes(data[:len(data) // 2])
+
+
+def symlink_loops(d):
+    (d / "c").mkdir()
+    (d / "c/a.txt").write_text("\n".join(DOCS))
+    (d / "c/up").symlink_to(".")  # a folder that loops: not followed
+    (d / "c/b.txt").symlink_to("b.txt")  # a file link that loops
+
+
+@pytest.mark.parametrize("setup, source, args, message", [
+    (lambda d: (d / "x.parquet").write_bytes(b""), dict(path="x.parquet"), [],
+     "prepare.py: x.parquet: cannot be read ("),  # pyarrow's reason: "Parquet file size is 0 bytes"
+    (truncated_gz, dict(path="x.jsonl.gz"), [],
+     "prepare.py: x.jsonl.gz: cannot be read (Compressed file ended before the end-of-stream marker was reached)"),
+    (symlink_loops, dict(path="c"), [], "prepare.py: c/b.txt: cannot be read ([Errno "),  # too many levels of links
+    (lambda d: (d / "x.txt").write_text("salam\nlabas\n"), dict(path="x.txt"), [],
+     "prepare.py: cannot train the tokenizer (vocab_size=8192): the training text only allows"),
+    (lambda d: (d / "tok.json").write_text("{"), dict(path="x.txt"), ["--tokenizer=tok.json"],
+     "prepare.py: tok.json: cannot read tokenizer file (missing, truncated or not JSON"),
+    (None, dict(path="x.txt", max_chars="abc"), [], "prepare.py: max_chars must be a positive whole number"),
+    (None, dict(path="x.txt", max_chars=0), [], "prepare.py: max_chars must be a positive whole number"),
+    (None, dict(path="x.txt", txt_docs="para"), [], "prepare.py: txt_docs must be 'line' or 'block'"),
+    (None, dict(path="x.txt", text_field=3), [], "prepare.py: text_field must be a string"),
+])
+def test_bad_files_and_values_are_one_clear_line(tmp_path, setup, source, args, message):
+    (tmp_path / "x.txt").write_text("\n".join(DOCS))
+    if setup:
+        setup(tmp_path)
+    if "parquet" in source["path"]:
+        pytest.importorskip("pyarrow.parquet")
+    r = run(tmp_path, src(**source), "--dataset=bad", *args, ok=False)
+    assert r.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "data/bad").exists() and not (tmp_path / "data/bad.partial").exists()
+
+
+def test_a_csv_field_over_128_kb_is_read_as_a_document(tmp_path):
+    long = "wakha " * 34_000  # 204 KB: over csv's default field limit of 128 KB
+    (tmp_path / "x.csv").write_text("text\n" + "".join(f'"{t}"\n' for t in DOCS + [long]))
+    run(tmp_path, src(path="x.csv"), "--dataset=csv", "--vocab_size=300", "--max_doc_chars=300000")
+    train, _, _ = read_bin(tmp_path / "data/csv", "train")
+    val, _, _ = read_bin(tmp_path / "data/csv", "val")
+    assert long.strip() in train + val and len(train + val) == len(DOCS) + 1  # cleaning only strips it
+
+
 def test_bad_source_spec(tmp_path):
     r = run(tmp_path, "--sources=[{'pth': 'x.txt'}]", ok=False)
     assert "each source must be a dict with exactly one of hub= or path=" in r.stderr
-    r = run(tmp_path, src(url="https://example.com/corpus.jsonl"), ok=False)  # no downloader: say what to do
-    assert r.stderr.strip() == ("prepare.py: unknown source key 'url' in {'url': 'https://example.com/corpus.jsonl'}: "
-                                "download the file yourself, then give its path=")
+    r = run(tmp_path, src(url="https://example.com/corpus.jsonl"), ok=False)  # no downloader: download, give path=
+    assert r.stderr.strip() == ("prepare.py: each source must be a dict with exactly one of hub= or path=; got "
+                                "{'url': 'https://example.com/corpus.jsonl'}")
     r = run(tmp_path, "--sources=[{'path': 'x.txt', 'text_feld': 'a'}]", ok=False)
-    assert "unknown source key 'text_feld'" in r.stderr and "did you mean 'text_field'?" in r.stderr
+    assert r.stderr.strip() == ("prepare.py: unknown source key 'text_feld' in {'path': 'x.txt', 'text_feld': 'a'}; "
+                                "the keys are config, hub, max_chars, name, path, revision, split, "
+                                "text_field, txt_docs")
 
 
 def test_policies_replace_bad_bytes_and_tolerate_few_bad_lines(tmp_path):
@@ -353,6 +477,42 @@ def test_a_hub_file_that_comes_short_is_an_error_and_not_cached(tmp_path, hub):
     assert not list((tmp_path / "hf_home/hub/datasets--me--darija").glob("snapshots/*/cfg/train-00000.jsonl"))
 
 
+def test_a_hub_file_listed_outside_the_dataset_is_refused(tmp_path, hub):
+    hub.datasets["me/evil"] = {"../../../../outside/train.jsonl": jsonl(DOCS), "data/train.jsonl": jsonl(DOCS)}
+    r = run(tmp_path, src(hub="me/evil"), "--vocab_size=300", env={"HF_ENDPOINT": hub.url}, ok=False)
+    assert r.stderr.strip() == ("prepare.py: me/evil lists a file outside the dataset, "
+                                "'../../../../outside/train.jsonl': refusing to download anything from it")
+    assert not [p for p in tmp_path.rglob("*") if "outside" in p.name]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "hf_home/hub")]
+
+
+def parquet(docs):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    out = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": docs}), out)
+    return out.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize("name", ["data/train-00000.jsonl.gz", "data/train-00000.parquet"])
+def test_a_damaged_file_in_the_hub_cache_is_fetched_again(tmp_path, hub, name):
+    body = gzip.compress(jsonl(DOCS)) if name.endswith(".gz") else parquet(DOCS)
+    hub.datasets["me/darija"], env = {name: body}, {"HF_ENDPOINT": hub.url}
+    run(tmp_path, "--dataset=h", src(hub="me/darija"), "--vocab_size=300", env=env)
+    (cached,) = (tmp_path / "hf_home/hub/datasets--me--darija/snapshots").glob(f"*/{name}")
+    cached.write_bytes(body[:len(body) // 2])  # cut short on disk (through the link, into the blob)
+    r = run(tmp_path, "--dataset=h2", src(hub="me/darija"), "--tokenizer=data/h/tokenizer.json", env=env)
+    assert f"prepare.py: {name} in the Hugging Face cache is damaged (" in r.stdout
+    assert "): downloading it again" in r.stdout and cached.read_bytes() == body
+    for split in ("train.bin", "val.bin"):  # the documents read before the damage showed are not taken twice
+        assert (tmp_path / "data/h2" / split).read_bytes() == (tmp_path / "data/h" / split).read_bytes()
+    hub.datasets["me/broken"] = {name: body[:len(body) // 2]}  # damaged on the hub itself: one more try, then stop
+    r = run(tmp_path, "--dataset=h3", src(hub="me/broken"), "--vocab_size=300", env=env, ok=False)
+    assert "in the Hugging Face cache is damaged" in r.stdout
+    assert r.stderr.startswith(f"prepare.py: {name} from me/broken cannot be read, even downloaded again (")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("code, token, why", [(401, None, "no valid token was sent (HF_TOKEN is not set, nor "
                                                "`hf auth login` run, or the token is wrong)"),
                                               (403, "hf_x", "your token has not been granted access")])
@@ -416,3 +576,36 @@ def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path, hub):
     _, err = p.communicate(timeout=20)
     assert p.returncode == 1 and "interrupted; data/c was not written" in err
     assert not (tmp_path / "data/c").exists() and not (tmp_path / "data/c.partial").exists()
+
+
+def test_a_second_run_on_the_same_dataset_stops_and_names_the_first(tmp_path, hub):
+    def slow(h):  # the first run's download: a part, a pause while the second run starts, the rest
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(DARIJA[file])))
+        h.end_headers()
+        h.wfile.write(DARIJA[file][:100])
+        h.wfile.flush()
+        downloading.set()
+        second_done.wait(timeout=60)
+        h.wfile.write(DARIJA[file][100:])
+    downloading, second_done = threading.Event(), threading.Event()
+    file, hub.datasets["me/darija"] = "cfg/train-00000.jsonl", DARIJA
+    hub.routes = {f"/datasets/me/darija/resolve/main/{file}": slow}
+    first = subprocess.Popen([sys.executable, str(ROOT / "prepare.py"), src(hub="me/darija", config="cfg"),
+                              "--dataset=c", "--vocab_size=300"], cwd=tmp_path,
+                             env=isolated(tmp_path, {"HF_ENDPOINT": hub.url}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert downloading.wait(timeout=30), "the first run never started its download"
+        (tmp_path / "x.txt").write_text("\n".join(f"another corpus, line {i} of it" for i in range(300)))
+        r = run(tmp_path, "--dataset=c", src(path="x.txt"), "--vocab_size=300", ok=False)
+    finally:
+        second_done.set()
+    assert r.stderr.startswith(f"config error: data/c is in use by process {first.pid} ")
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, out + err
+    meta = json.loads((tmp_path / "data/c/meta.json").read_text())
+    assert meta["sources"][0]["name"] == "me/darija/cfg" and meta["train"]["docs"] + meta["val"]["docs"] == 241
+    train, _, _ = read_bin(tmp_path / "data/c", "train")
+    assert not [t for t in train if "another corpus" in t]
+    assert not (tmp_path / "data/c.lock").exists()

@@ -1,4 +1,5 @@
-"""pretrain.py end to end on a tiny synthetic corpus: loss falls, exact resume, DDP, signals, errors."""
+"""pretrain.py end to end on a tiny synthetic corpus: loss falls, exact resume, DDP, signals, errors,
+and what it refuses: another folder's files, a second run, data with another tokenizer or settings."""
 import json
 import os
 import shutil
@@ -12,12 +13,25 @@ import pytest
 
 from conftest import ROOT
 
-TINY = ["--dataset=toy", "--n_layer=2", "--n_embd=64", "--n_head=2", "--n_kv_head=2", "--block_size=32",
-        "--batch_size=8", "--eval_iters=2", "--sample_tokens=0", "--warmup_iters=5", "--log_interval=1"]
+# pretrain.py hands its arguments to prepare.py on every start, so they carry the data settings too
+DATA = ["--dataset=toy", "--sources=[{'path': 'corpus.txt'}]", "--vocab_size=320", "--val_fraction=0.1"]
+MODEL = ["--n_layer=2", "--n_embd=64", "--n_head=2", "--n_kv_head=2", "--block_size=32", "--batch_size=8",
+         "--eval_iters=2", "--sample_tokens=0", "--warmup_iters=5", "--log_interval=1"]
+TINY = [*DATA, *MODEL]
+
+
+def write_corpus(path):
+    """Made-up words in 30 phrases that repeat, one document per line: a corpus whose loss falls fast."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(2, 7))) for _ in range(60)]
+    phrases = [" ".join(rng.choice(words, size=rng.integers(2, 5))) for _ in range(30)]
+    docs = [" ".join(phrases[i] for i in rng.integers(0, 30, size=rng.integers(2, 6))) for _ in range(3000)]
+    path.write_text("\n".join(docs) + "\n")
 
 
 def make_data(root, name="toy"):
-    """data/NAME/{train,val}.bin + meta.json in the format of docs/formats.md: phrases that repeat, so loss can fall."""
+    """data/NAME/{train,val}.bin + meta.json in the format of docs/formats.md, written directly (for the
+    stand-in prepare.py below): phrases that repeat, so loss can fall."""
     rng = np.random.default_rng(0)
     phrases = [rng.integers(1, 200, size=rng.integers(3, 9)) for _ in range(30)]
 
@@ -40,9 +54,21 @@ def make_data(root, name="toy"):
         json.dump(meta, f)
 
 
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """data/toy built once by the real prepare.py, so that its check on every start finds it up to date."""
+    root = tmp_path_factory.mktemp("toy")
+    write_corpus(root / "corpus.txt")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *DATA], cwd=root, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
 @pytest.fixture
-def workdir(tmp_path):
-    make_data(str(tmp_path))
+def workdir(tmp_path, toy_data):
+    shutil.copytree(toy_data / "data", tmp_path / "data")
+    shutil.copy(toy_data / "corpus.txt", tmp_path)
     return tmp_path
 
 
@@ -51,9 +77,30 @@ def run(cwd, *args, script=os.path.join(ROOT, "pretrain.py"), launcher=()):
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def start(cwd, *args):
+    """pretrain.py in the background (stopped by the test)."""
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for_log(path, records=1):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if path.exists() and path.read_text().count("\n") >= records:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not get {records} records in 60 s")
+
+
 def losses(path):
     with open(path) as f:
         return [(r["iter"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+
+def one_line_error(r, *texts):
+    """Exit status 1 and a single line on stderr (no traceback) that says each of texts."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and all(t in lines[0] for t in texts), r.stderr[-3000:]
 
 
 def test_train_and_resume_equals_uninterrupted(workdir):
@@ -93,6 +140,9 @@ def test_ddp_two_processes_match_one(workdir):
               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert "2 process(es) on cpu" in two.stdout
+    r = run(workdir, *common, "--dataset=elsewhere",
+            launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert r.returncode != 0 and "data/elsewhere/train.bin not found: run `python prepare.py" in r.stderr
     a, b = losses(workdir / "out/one/log.jsonl"), losses(workdir / "out/two/log.jsonl")
     assert [i for i, _ in a] == [i for i, _ in b] == list(range(1, 7))
     assert np.allclose([v for _, v in a], [v for _, v in b], rtol=1e-4)
@@ -151,15 +201,181 @@ def test_config_errors_end_to_end(workdir):
     assert "lr_schedule must be one of cosine, wsd; got 'linear'" in r.stderr
 
 
-def test_missing_data_runs_prepare_first(tmp_path):
-    """A stand-in prepare.py (next to a copy of pretrain.py) writes the data; pretrain.py then trains."""
+def stand_in(tmp_path, body):
+    """A copy of pretrain.py next to a stand-in prepare.py that prints its arguments, then runs body."""
     for f in ("pretrain.py", "model.py", "bpe.py", "configurator.py"):
         shutil.copy(os.path.join(ROOT, f), tmp_path)
     (tmp_path / "prepare.py").write_text(
         "import sys\nsys.path.insert(0, %r)\ndataset = 'x'\nfrom configurator import configure\n"
-        "configure(globals(), also_from=('pretrain.py',))\nprint('PREPARE', sys.argv[1:])\n"
-        "from test_pretrain import make_data\nmake_data('.', dataset)\n" % os.path.dirname(__file__))
-    r = run(tmp_path, *TINY, "--max_iters=2", "--eval_interval=2", script=str(tmp_path / "pretrain.py"))
+        "configure(globals(), also_from=('pretrain.py',))\nprint('PREPARE', sys.argv[1:], flush=True)\n%s\n"
+        % (os.path.dirname(__file__), body))
+    return str(tmp_path / "pretrain.py")
+
+
+def test_prepare_runs_on_every_start_without_force(tmp_path):
+    """A stand-in prepare.py writes the data when it is missing, and is asked again on every start (so
+    that it can refuse changed settings), never with --force: that flag means "start training over"."""
+    script = stand_in(tmp_path, "from test_pretrain import make_data\nmake_data('.', dataset)")
+    r = run(tmp_path, "--dataset=toy", *MODEL, "--max_iters=2", "--eval_interval=2", script=script)
     assert r.returncode == 0, r.stderr
     assert "data/toy/train.bin not found: running prepare.py first" in r.stdout
     assert "PREPARE ['--dataset=toy'," in r.stdout and (tmp_path / "out/toy/last.pt").exists()
+    r = run(tmp_path, "--dataset=toy", "--force", *MODEL, "--max_iters=2", "--eval_interval=2", script=script)
+    assert r.returncode == 0, r.stderr
+    assert "PREPARE ['--dataset=toy', '--n_layer=2'," in r.stdout and "not found" not in r.stdout
+
+
+def test_ctrl_c_while_prepare_runs_is_one_line(tmp_path):
+    script = stand_in(tmp_path, "import time\ntry:\n    print('WORKING', flush=True)\n    time.sleep(60)\n"
+                                "except KeyboardInterrupt:\n    sys.exit('prepare.py: interrupted')")
+    proc = subprocess.Popen([sys.executable, script, "--dataset=toy", *MODEL], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    for line in proc.stdout:
+        if "WORKING" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: both scripts
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err and "interrupted" in lines[-1], err
+
+
+@pytest.mark.slow
+def test_force_starts_over_only_in_a_folder_of_its_own(workdir):
+    """out_dir holding anything pretrain.py does not write is refused, with or without --force."""
+    out = workdir / "out/mine"
+    out.mkdir(parents=True)
+    (out / "last.pt").write_bytes(b"not ours?")
+    (out / "notes.txt").write_text("a user's notes")
+    (out / "runs").mkdir()
+    for flag in ([], ["--force"], ["--init_from=resume"]):
+        r = run(workdir, *TINY, "--max_iters=2", "--out_dir=out/mine", *flag)
+        one_line_error(r, "out/mine holds files that pretrain.py did not write: notes.txt, runs/")
+    assert sorted(os.listdir(out)) == ["last.pt", "notes.txt", "runs"] and (out / "last.pt").read_bytes() == b"not ours?"
+    one_line_error(run(workdir, *TINY, "--out_dir=corpus.txt", "--force"), "out_dir corpus.txt is a file, not a folder")
+    # only its own outputs (and a temporary file a kill left): --force starts over, nothing of the old run left
+    os.remove(out / "notes.txt")
+    (out / "runs").rmdir()
+    (out / "best.pt").write_bytes(b"old")
+    (out / "log.jsonl").write_text('{"iter": 99, "loss": 1.0}\n')
+    (out / "last.pt.tmp4242").write_bytes(b"half")
+    r = run(workdir, *TINY, "--max_iters=2", "--out_dir=out/mine")
+    one_line_error(r, "out/mine already holds a run")
+    r = run(workdir, *TINY, "--max_iters=2", "--eval_interval=100", "--out_dir=out/mine", "--force")
+    assert r.returncode == 0, r.stderr
+    assert set(os.listdir(out)) <= {"best.pt", "last.pt", "log.jsonl", "loss.png"} and (out / "best.pt").stat().st_size > 3
+    assert [i for i, _ in losses(out / "log.jsonl")] == [1, 2]
+
+
+def test_dataset_must_be_a_plain_name(workdir):
+    cwd = workdir / "a/b"  # a name that escapes data/ would land in workdir/a, never outside workdir
+    cwd.mkdir(parents=True)
+    shutil.copy(workdir / "corpus.txt", cwd)
+    r = run(cwd, *TINY, "--dataset=../../victim", "--max_iters=2")
+    one_line_error(r, "dataset must be a plain name (one folder name: no '/', no '..'), got '../../victim'")
+    assert sorted(os.listdir(workdir / "a")) == ["b"] and sorted(os.listdir(cwd)) == ["corpus.txt"]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_dir_is_refused(workdir):
+    first = start(workdir, *TINY, "--max_iters=100000", "--eval_interval=100000")
+    try:
+        wait_for_log(workdir / "out/toy/log.jsonl")
+        r = run(workdir, *TINY, "--max_iters=2", "--force")
+        one_line_error(r, f"out/toy is in use by process {first.pid}")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and "saved out/toy/last.pt" in out, err
+    assert not (workdir / "out/toy.lock").exists()  # released at exit
+
+
+def test_resume_refuses_data_with_another_tokenizer(workdir):
+    """Rebuilding the data with another tokenizer, then resuming, is refused naming both tokenizers;
+    the checkpoint is left as it was (its tokenizer hash is what chat.py checks)."""
+    assert run(workdir, *TINY, "--max_iters=2", "--eval_interval=2").returncode == 0
+    old_meta = json.loads((workdir / "data/toy/meta.json").read_text())
+    before = (workdir / "out/toy/last.pt").read_bytes()
+    other = ["--pattern=gpt4", "--vocab_size=300"]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *DATA, *other, "--force"], cwd=workdir,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    new_meta = json.loads((workdir / "data/toy/meta.json").read_text())
+    r = run(workdir, *TINY, *other, "--max_iters=4", "--init_from=resume")
+    one_line_error(r, "cannot resume", "data/toy", "out/toy/last.pt", new_meta["tokenizer_sha256"][:12],
+                   old_meta["tokenizer_sha256"][:12], "vocab_size 300", "vocab_size 320")
+    assert (workdir / "out/toy/last.pt").read_bytes() == before
+
+
+def test_changed_data_settings_are_refused(tmp_path):
+    """data/darija_tiny built at vocab_size 1024, then pretrain.py asks for 2048: prepare.py refuses
+    (it used to train a 1,024-token model silently)."""
+    shutil.copytree(os.path.join(ROOT, "data/sample/pretrain"), tmp_path / "data/sample/pretrain")
+    config = os.path.join(ROOT, "config/darija_tiny.py")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), config], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = run(tmp_path, config, "--vocab_size=2048", "--out_dir=out/x")
+    one_line_error(r, "prepare.py: data/darija_tiny", "vocab_size", "2048", "--force")  # with the rebuild command
+    assert not (tmp_path / "out/x").exists()
+
+
+@pytest.mark.slow
+def test_damaged_data_is_one_line(workdir):
+    meta = workdir / "data/toy/meta.json"
+    meta.rename(workdir / "meta.json")
+    one_line_error(run(workdir, *TINY, "--max_iters=2"), "data/toy", "meta.json")
+    (workdir / "meta.json").rename(meta)
+    (workdir / "data/toy/val.bin").write_bytes(b"")
+    one_line_error(run(workdir, *TINY, "--max_iters=2"), "data/toy/val.bin holds 0 tokens", "--force")
+
+
+def test_empty_checkpoint_is_one_line(workdir):
+    (workdir / "out/toy").mkdir(parents=True)
+    (workdir / "out/toy/last.pt").write_bytes(b"")  # a full disk
+    r = run(workdir, *TINY, "--max_iters=2", "--init_from=resume")
+    one_line_error(r, "cannot resume: out/toy/last.pt is not a readable checkpoint")
+
+
+@pytest.mark.parametrize("device", ["cuda", pytest.param("cuda:1", marks=pytest.mark.slow),
+                                    pytest.param("mps", marks=pytest.mark.slow)])
+def test_a_missing_device_is_one_line(workdir, device):
+    import torch
+    count = torch.cuda.device_count() if device.startswith("cuda") else int(torch.backends.mps.is_available())
+    if count > (1 if device == "cuda:1" else 0):
+        pytest.skip(f"this machine has {device}")
+    from model import GPT, GPTConfig, save_checkpoint  # a good checkpoint: it used to be blamed as a corrupt one
+    save_checkpoint(str(workdir / "out/toy/last.pt"), GPT(GPTConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2)))
+    for flags in ([], ["--init_from=resume"]):
+        r = run(workdir, *TINY, "--max_iters=2", f"--device={device}", *flags)
+        one_line_error(r, f"device {device!r}", "this machine has", "--device=cpu")
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_log_up_to_the_resumed_step(workdir):
+    """A run killed after logging past its last checkpoint: the resumed run logs each step once, in order."""
+    common = [*TINY, "--eval_interval=5", "--lr_decay_iters=20"]
+    assert run(workdir, *common, "--max_iters=10").returncode == 0
+    log = workdir / "out/toy/log.jsonl"
+    with open(log, "a") as f:  # steps 11-13 logged, then killed (mid-line) before step 15's checkpoint
+        f.writelines(json.dumps({"iter": i, "loss": 9.0}) + "\n" for i in (11, 12, 13))
+        f.write('{"iter": 14, "lo')
+    r = run(workdir, *common, "--max_iters=20", "--init_from=resume")
+    assert r.returncode == 0 and "resuming out/toy/last.pt at step 10" in r.stdout, r.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["iter"] for r in records if "loss" in r] == list(range(1, 21))
+    assert [r["iter"] for r in records if "val_loss" in r] == [5, 10, 15, 20]
+    assert 9.0 not in [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(workdir):
+    common = [*TINY, "--eval_interval=7", "--max_iters=60"]
+    assert run(workdir, *common, "--out_dir=out/full").returncode == 0
+    for flags, records in (([], 12), (["--init_from=resume"], 30)):  # killed with steps logged past a checkpoint
+        proc = start(workdir, *common, *flags)
+        wait_for_log(workdir / "out/toy/log.jsonl", records)
+        proc.kill()
+        proc.communicate()
+    r = run(workdir, *common, "--init_from=resume")
+    assert r.returncode == 0 and "taking over out/toy.lock" in r.stderr, r.stderr
+    assert losses(workdir / "out/toy/log.jsonl") == losses(workdir / "out/full/log.jsonl")

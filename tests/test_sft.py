@@ -5,7 +5,10 @@ import ast
 import hashlib
 import io
 import json
+import os
 import runpy
+import signal
+import subprocess
 import sys
 from collections import Counter
 from contextlib import redirect_stdout
@@ -13,6 +16,7 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
+import configurator
 from bpe import Tokenizer
 from conftest import ROOT
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
@@ -60,9 +64,18 @@ def work(tmp_path_factory):
 
 
 def run_sft(work, monkeypatch, *args):
-    """Run sft.py in-process (no new interpreter: fast) in `work`; return what it printed."""
+    """Run sft.py in-process (no new interpreter: fast) in `work`; return what it printed. The folders
+    it locks (configurator.claim) are unlocked after the run: in-process, the locks would last until
+    pytest exits and refuse the next run on the same folder."""
     monkeypatch.chdir(work)
     monkeypatch.setattr(sys, "argv", ["sft.py", "sft_test.py", *args])
+    locks, real_claim = [], configurator.claim
+
+    def claim_and_remember(folder):
+        locks.append(real_claim(folder))
+        return locks[-1]
+
+    monkeypatch.setattr(configurator, "claim", claim_and_remember)
     out = io.StringIO()
     try:
         with redirect_stdout(out):
@@ -70,7 +83,21 @@ def run_sft(work, monkeypatch, *args):
     except SystemExit as e:
         if e.code not in (0, None):
             raise
+    finally:
+        for lock in locks:
+            if os.path.exists(lock):
+                os.remove(lock)
     return out.getvalue()
+
+
+def start_stage(work, script, *args):
+    """Start a stage as its own process; return it once it prints its first "step" line (training has begun)."""
+    proc = subprocess.Popen([sys.executable, "-u", str(ROOT / script), *args], cwd=work, text=True, encoding="utf-8",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:
+        if line.startswith("step"):
+            return proc
+    raise AssertionError(f"{script} ended before training (exit {proc.wait()}): {proc.stderr.read()}")
 
 
 def test_mask_is_exactly_the_assistant_tokens_and_their_end(work):
@@ -188,3 +215,121 @@ def test_chrf():
     sacrebleu = pytest.importorskip("sacrebleu")
     hyps, refs = ["wach nta mzyan", "I went home", "سلام عليكم", ""], ["wach nta bikhir", "I go home", "السلام عليكم", "x"]
     assert chrf(hyps, refs) == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+# --- reliability (issue 14): folders, locks, resume, one-line errors, Ctrl-C, odd files -------------
+
+def test_sft_dataset_must_be_a_plain_name(work, monkeypatch):
+    with pytest.raises(SystemExit, match=r"sft_dataset must be a plain name .*got '../../victim'"):
+        run_sft(work, monkeypatch, "--build_only", "--sft_dataset=../../victim")
+    assert not (work.parent / "victim").exists()
+
+
+def test_build_never_overwrites_a_users_file_in_the_dataset_folder(work, monkeypatch):
+    mine = work / "data/sft/mychats/train.jsonl"  # the user's own conversations, stored where sft.py builds
+    mine.parent.mkdir(parents=True)
+    write_jsonl(mine, CONVS)
+    before = mine.read_bytes()
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit, match=r"data/sft/mychats/ holds files sft.py did not write: train.jsonl;"):
+            run_sft(work, monkeypatch, "--build_only", "--sft_dataset=mychats", *force)
+    assert mine.read_bytes() == before and os.listdir(mine.parent) == ["train.jsonl"]
+    run_sft(work, monkeypatch, "--build_only", "--sft_dataset=ours")  # a folder sft.py wrote is rebuilt
+    (work / "data/sft/ours/train.jsonl.tmp99").write_text("", encoding="utf-8")  # a killed build's temporary
+    run_sft(work, monkeypatch, "--build_only", "--sft_dataset=ours", "--force")
+
+
+def test_a_source_inside_the_dataset_folder_is_refused(work, monkeypatch):
+    run_sft(work, monkeypatch, "--build_only", "--sft_dataset=self")
+    before = (work / "data/sft/self/train.jsonl").read_bytes()
+    with pytest.raises(SystemExit, match=r"source data/sft/self/train.jsonl lies inside data/sft/self/"):
+        run_sft(work, monkeypatch, "--build_only", "--force", "--sft_dataset=self",
+                "--sources=[{'path': 'data/sft/self/train.jsonl', 'kind': 'conversations'}]")
+    assert (work / "data/sft/self/train.jsonl").read_bytes() == before
+
+
+def test_out_dir_holding_other_files_is_refused_even_with_force(work, monkeypatch):
+    folder = work / "out/notes"  # a pre-training run's folder, say
+    folder.mkdir(parents=True)
+    (folder / "log.jsonl").write_text("{}\n", encoding="utf-8")
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit, match=r"out/notes/ holds files sft.py did not write: log.jsonl, notes.txt;"):
+            run_sft(work, monkeypatch, "--out_dir=out/notes", "--max_iters=0", *force)
+    assert sorted(os.listdir(folder)) == ["log.jsonl", "notes.txt"]
+
+
+def test_a_second_run_on_the_same_out_dir_names_the_first(work, monkeypatch):
+    first = start_stage(work, "sft.py", "sft_test.py", "--out_dir=out/locked", "--max_iters=100000",
+                        "--eval_interval=100000")
+    try:
+        with pytest.raises(SystemExit, match=rf"out/locked is in use by process {first.pid} "):
+            run_sft(work, monkeypatch, "--out_dir=out/locked", "--force", "--max_iters=1")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+
+
+def test_ctrl_c_saves_last_pt_and_says_how_to_continue(work, monkeypatch):
+    run = start_stage(work, "sft.py", "sft_test.py", "--out_dir=out/ctrlc", "--max_iters=100000",
+                      "--eval_interval=100000", "--log_interval=1")
+    os.kill(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in err, err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped at step ")]
+    assert len(stopped) == 1 and stopped[0].endswith(": saved out/ctrlc/last.pt; continue with --resume"), out
+    step = int(stopped[0].split()[3].rstrip(":"))
+    assert step >= 1 and load_checkpoint(str(work / "out/ctrlc/last.pt"))["step"] == step
+    log = run_sft(work, monkeypatch, "--out_dir=out/ctrlc", "--resume", f"--max_iters={step + 2}")
+    assert f"resuming out/ctrlc/last.pt at step {step}" in log
+
+
+def test_resume_refuses_data_built_with_another_tokenizer(work, monkeypatch):
+    run_sft(work, monkeypatch, "--sft_dataset=swap", "--out_dir=out/swap", "--max_iters=2")
+    run_sft(work, monkeypatch, "--build_only", "--force", "--sft_dataset=swap", "--init_from=out/other")
+    other_sha = json.loads((work / "data/sft/swap/stats.json").read_text("utf-8"))["tokenizer_sha256"]
+    base_sha = load_checkpoint(str(work / "out/swap/last.pt"))["tokenizer_sha256"]
+    with pytest.raises(SystemExit, match=rf"--resume: out/swap/last.pt was trained with tokenizer data/base/tokenizer.json "
+                                         rf"\(sha256 {base_sha[:12]}, vocab 301\), but data/sft/swap/ was built with "
+                                         rf"data/other/tokenizer.json \(sha256 {other_sha[:12]}, vocab 281\)"):
+        run_sft(work, monkeypatch, "--sft_dataset=swap", "--out_dir=out/swap", "--init_from=out/other", "--resume",
+                "--max_iters=3")
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 half a zip file", b""])  # b"": model.py names the EOFError
+def test_resume_from_a_corrupt_last_pt_is_one_line(work, monkeypatch, content):
+    run_sft(work, monkeypatch, "--out_dir=out/corrupt", "--max_iters=0", "--force")
+    (work / "out/corrupt/last.pt").write_bytes(content)
+    with pytest.raises(SystemExit, match=r"--resume: out/corrupt/last.pt is not a readable checkpoint \(truncated"):
+        run_sft(work, monkeypatch, "--out_dir=out/corrupt", "--resume", "--max_iters=1")
+
+
+def test_device_cuda_without_cuda_is_one_line(work, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"--device=cuda: no CUDA device here \(use --device=cpu, or auto\)"):
+        run_sft(work, monkeypatch, "--out_dir=out/cuda", "--device=cuda", "--max_iters=1")
+    assert not (work / "out/cuda").exists()
+
+
+@pytest.mark.parametrize("name", ["latin1.jsonl", "latin1.csv"])
+def test_invalid_utf8_names_the_file_and_the_line(work, monkeypatch, name):
+    if name.endswith(".csv"):
+        text = b"darija,eng\nwakha,ok\nca va,\xe7a va\n"
+    else:
+        text = b'{"darija": "wakha", "eng": "ok"}\n{"darija": "ca va", "eng": "\xe7a va"}\n'
+    (work / name).write_bytes(text)  # Latin-1, not UTF-8: the third line of the CSV, the second of the JSONL
+    line = 3 if name.endswith(".csv") else 2
+    with pytest.raises(SystemExit, match=rf"{name} line {line}: not valid UTF-8 \(byte 0xe7\): save it as UTF-8"):
+        run_sft(work, monkeypatch, "--build_only", "--sft_dataset=latin1",
+                f"--sources=[{{'path': '{name}', 'kind': 'pairs', 'latin': 'darija', 'english': 'eng'}}]")
+
+
+def test_a_csv_field_over_128_kb_is_read(work, monkeypatch):
+    long_answer = "sentence number one " * 8000  # 160 KB: over csv's default field limit of 131,072
+    rows = [f"jomla {i} dyal darija,sentence number {i}" for i in range(40)] + [f"twila,{long_answer}"]
+    (work / "long.csv").write_text("darija,eng\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    run_sft(work, monkeypatch, "--build_only", "--sft_dataset=long",
+            "--sources=[{'path': 'long.csv', 'kind': 'pairs', 'latin': 'darija', 'english': 'eng'}]")
+    examples = (work / "data/sft/long/train.jsonl").read_text("utf-8") + (work / "data/sft/long/val.jsonl").read_text("utf-8")
+    assert json.loads((work / "data/sft/long/stats.json").read_text("utf-8"))["items"] == 41
+    assert long_answer.strip() in examples
