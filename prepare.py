@@ -101,7 +101,7 @@ def not_ours(folder, need_meta=True):
 def up_to_date(out, settings):
     """True when data/NAME was built with these settings; refuse if prepare.py did not build it, or differently."""
     if os.path.lexists(out) and not_ours(out):
-        fail(f"{out} {not_ours(out)}: refusing to replace it; choose another --dataset")
+        fail(f"{out} {not_ours(out)}: refusing to replace it; choose another --dataset (or delete it yourself)")
     for src in sources:  # even without --force: building data/NAME would replace the source
         if "path" in src and (os.path.realpath(src["path"]) + os.sep).startswith(os.path.realpath(out) + os.sep):
             fail(f"the source {src['path']} is in {out}, the folder this run writes: choose another --dataset")
@@ -109,8 +109,8 @@ def up_to_date(out, settings):
         return False
     with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    changed = [f"{k}: {meta['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
-               if meta["settings"].get(k) != v]
+    built_with = meta.get("settings") if isinstance(meta, dict) and isinstance(meta.get("settings"), dict) else {}
+    changed = [f"{k}: {built_with.get(k)!r} -> {v!r}" for k, v in settings.items() if built_with.get(k) != v]
     if changed:  # pretrain.py runs prepare.py with its own arguments: the user sees this there too
         fail(f"{out} was built with other settings ({'; '.join(changed)}): rebuild it with "
              f"`python prepare.py {shlex.join(sys.argv[1:] + ['--force'])}`, or choose another --dataset")

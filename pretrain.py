@@ -152,8 +152,8 @@ if master:  # the one process that writes out_dir
         sys.exit(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
     found = own_files()
     if init_from == "scratch" and not force and ("last.pt" in found or "best.pt" in found):
-        sys.exit(f"{out_dir} already holds a run: continue it with --init_from=resume, "
-                 "or start over with --force (or choose another --out_dir)")
+        resumable = "continue it with --init_from=resume, or " if "last.pt" in found else ""
+        sys.exit(f"{out_dir} already holds a run: {resumable}start over with --force (or choose another --out_dir)")
 
 # --- data: prepare.py checks it on every start, so that changed data settings are refused, not ignored ---
 data_dir = os.path.join("data", dataset)

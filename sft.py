@@ -27,7 +27,9 @@ import hashlib
 import io
 import json
 import os
+import itertools
 import random
+import shutil
 import signal
 import sys
 import time
@@ -247,15 +249,19 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
         random.Random(seed).shuffle(split)
     stats = dict(tokenizer=tok_path, tokenizer_sha256=tok_sha, seed=seed, val_fraction=val_fraction,
                  items=len(items), groups=len(set(groups)), sources=report)
+    partial = data_dir + ".partial"  # built apart, then renamed: a killed build never looks finished
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted build's (this run holds the folder's lock)
     for name, examples in splits.items():
         masks = [tok.render_conversation(ex["messages"])[1] for ex in examples]
         tokens, answer = sum(map(len, masks)), sum(map(sum, masks))
         stats[name] = dict(examples=len(examples), tokens=tokens, assistant_tokens=answer,
                            assistant_share=round(answer / max(tokens, 1), 4),
                            tasks=dict(sorted(Counter(ex["task"] for ex in examples).items())))
-        write_atomic(os.path.join(data_dir, f"{name}.jsonl"),
+        write_atomic(os.path.join(partial, f"{name}.jsonl"),
                      "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
-    write_atomic(os.path.join(data_dir, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False))
+    write_atomic(os.path.join(partial, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False))
+    shutil.rmtree(data_dir, ignore_errors=True)  # --force on a folder sft.py built (checked by claim_to_write)
+    os.replace(partial, data_dir)
     return stats
 
 
@@ -269,7 +275,10 @@ def claim_to_write(folder, ours, instead):
     """Lock `folder` (a second run names this one's process); stop if it holds files sft.py did not write."""
     claim(folder)
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    others = sorted(name for name in names if name not in ours and ".tmp" not in name)  # ours, and our temporaries
+    for name in names:  # a killed run's temporary files (NAME.tmpPID): half-written, never read
+        if ".tmp" in name:
+            os.remove(os.path.join(folder, name))
+    others = sorted(name for name in names if name not in ours and ".tmp" not in name)
     if others:
         fail(f"{folder}/ holds files sft.py did not write: {', '.join(others)}; {instead}")  # --force or not
 
@@ -428,20 +437,34 @@ raw_model = model_from_checkpoint(state if resume else ckpt).to(device)
 raw_model.chunked_loss = device_type == "cpu"  # model.py's CPU speed trick for training
 model = torch.compile(raw_model) if compile else raw_model
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
-step, best_val, best_step = 0, float("inf"), 0
-if resume:
+step, best_val, best_step, bad_evals = 0, float("inf"), 0, 0
+if resume:  # where the run was: its step, its best val and when, and the evaluations since without a better one
     optimizer.load_state_dict(state["optimizer"])
-    step, best_val, best_step = state["step"], state["best_val_loss"], state["step"]
-    print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f})")
+    step, best_val, best_step = state["step"], state["best_val_loss"], load_checkpoint(out_dir)["step"]
+    bad_evals = (step - best_step) // eval_interval
+    print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f} at step {best_step})")
 print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
 
 interrupted = []  # Ctrl-C / SIGTERM while training (as in pretrain.py): finish the step, save last.pt, stop
 on_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
 on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: interrupted.append(signum))
-rng, train_order = random.Random(seed + step), list(train_chats)
-row, bad_evals, t0, tokens_seen, train_x = 0, 0, time.time(), 0, []
+
+
+def training_batches():
+    """Batches of packed rows, epoch after epoch, each epoch in a new shuffle: the same sequence from the
+    same seed, so a resumed run replays the shuffles up to its step and goes on with the very same batches."""
+    rng, order = random.Random(seed), list(train_chats)
+    while True:
+        rng.shuffle(order)
+        rows_x, rows_y = tok.pack_conversations(order, T)
+        for row in range(0, len(rows_x) - batch_size + 1, batch_size):
+            yield rows_x[row:row + batch_size], rows_y[row:row + batch_size]
+
+
+batches, resumed_at = itertools.islice(training_batches(), step, None), step if resume else None
+t0, tokens_seen = time.time(), 0
 while True:
-    if step % eval_interval == 0 or step == max_iters:
+    if (step % eval_interval == 0 or step == max_iters) and step != resumed_at:  # resumed: evaluated already
         raw_model.eval()
         with autocast:
             val = raw_model.mean_loss(val_x, val_y, batch_size)  # every assistant token of the val rows
@@ -459,14 +482,9 @@ while True:
         if bad_evals >= patience:
             print(f"early stop at step {step}: val has not improved for {patience} evals "
                   f"(best {best_val:.4f} at step {best_step})")
-        if bad_evals >= patience or step >= max_iters:
-            break
-    if row + batch_size > len(train_x):  # a new epoch: reshuffle and repack
-        rng.shuffle(train_order)
-        (train_x, train_y), row = tok.pack_conversations(train_order, T), 0
-    x = torch.tensor(train_x[row:row + batch_size], device=device)
-    y = torch.tensor(train_y[row:row + batch_size], device=device)
-    row += batch_size
+    if bad_evals >= patience or step >= max_iters:  # (a resumed run that had stopped, stops again)
+        break
+    x, y = (torch.tensor(rows, device=device) for rows in next(batches))
     lr = learning_rate_at(step, learning_rate, min_lr, warmup_iters, max_iters)
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -234,7 +234,7 @@ def test_only_a_folder_prepare_wrote_is_replaced(tmp_path, name, files, source, 
     before = files_under(tmp_path / "data")
     for force in ([], ["--force"]):
         r = run(tmp_path, f"--dataset={name}", src(path=source, txt_docs="block"), "--vocab_size=300", *force, ok=False)
-        refusal = f"prepare.py: data/{name} {message}: refusing to replace it; choose another --dataset"
+        refusal = f"prepare.py: data/{name} {message}: refusing to replace it; choose another --dataset (or delete it yourself)"
         assert r.stderr.strip() == refusal
     assert files_under(tmp_path / "data") == before
 
