@@ -25,9 +25,9 @@ What happens, in order (and why):
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
-import itertools
 import random
 import shutil
 import signal
