@@ -21,7 +21,7 @@ every block linear, train the rows of the chat tokens (a base never saw them, ye
 by predicting <|end|>) and of the task_token_rows tokens the SFT loss pulls hardest on (English
 ones, for a Darija base), and a low-rank embedding update; 4. train as sft.py does, only adapters in
 the optimizer at a ~10x higher learning rate (B starts at zero), keeping the best adapter and
-stopping early; 5. merge it into the base and score it with `python sft.py --metric_only`.
+stopping early; 5. merge it into the base and score it with `python eval.py` (into out_dir/eval/).
 """
 import json
 import math
@@ -73,7 +73,7 @@ device = "auto"                     # "auto": cuda when available, else cpu
 compile = False
 sample_prompts = ["Translate to English: kifach dayer? labas 3lik?",
                   "ktb liya hadi b l7orof l3arbiya: sba7 lkhir a sa7bi"]
-metric_items = 100                  # held-out items per task for the chrF metric; 0 skips it
+metric_items = 100                  # held-out items per task for eval.py's chrF metric; 0 skips it
 max_new_tokens = 64
 
 if __name__ == "__main__":  # imported (tests, benchmarks), lora.py only lends its LoRA layers
@@ -380,7 +380,7 @@ def main():
 
     # 3. the frozen model and its adapters
     claim(out_dir)  # one run per out_dir: a second one names this one's process
-    ours = ("adapter.pt", "adapter.merged.pt", "best.pt", "metrics.json", "scores.json")
+    ours = ("adapter.pt", "adapter.merged.pt", "best.pt", "metrics.json", "eval", "eval.lock", "scores.json")
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
     others = sorted(name for name in names if name not in ours and ".tmp" not in name)  # ours, and our temporaries
     if others:  # another stage's run or the user's files: never overwritten or mixed with, --force or not
@@ -477,18 +477,18 @@ def main():
                    base_params=n_base, trainable_pct=round(100 * n_train / n_base, 3), steps=step,
                    best_step=best_step, best_val_loss=best_val, train_examples=len(train_chats))
 
-    # 5. the best adapter merged into the base, and scored by sft.py's task metric
+    # 5. the best adapter merged into the base, and scored by eval.py (as a chat model: its kind is lora_merged)
     merged_path = os.path.join(out_dir, "best.pt") if merge else os.path.splitext(adapter_path)[0] + ".merged.pt"
     if merge or metric_items:
         write_merged(adapter_path, base_path, merged_path)
     if metric_items:
-        cmd = [sys.executable, os.path.join(ROOT, "sft.py"), *([sft_config] if sft_config else []), "--metric_only",
-               f"--init_from={merged_path}", f"--sft_dataset={sft_dataset}", f"--out_dir={out_dir}",
-               f"--metric_items={metric_items}", f"--max_new_tokens={max_new_tokens}"]
+        cmd = [sys.executable, os.path.join(ROOT, "eval.py"), merged_path, f"--sft_dataset={sft_dataset}",
+               f"--metric_items={metric_items}", f"--max_new_tokens={max_new_tokens}", f"--device={device_name}",
+               f"--out={os.path.join(out_dir, 'eval')}", "--force"]
         if subprocess.run(cmd).returncode:
-            fail("sft.py could not score the merged model (see above)")
-        with open(os.path.join(out_dir, "scores.json"), encoding="utf-8") as f:
-            metrics["lora"] = json.load(f)["scores"]
+            fail("eval.py could not score the merged model (see above)")
+        with open(os.path.join(out_dir, "eval", "report.json"), encoding="utf-8") as f:
+            metrics["lora"] = json.load(f)["checkpoints"][0]["translation"]
     with open(os.path.join(out_dir, "metrics.json.tmp"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, ensure_ascii=False)
     os.replace(os.path.join(out_dir, "metrics.json.tmp"), os.path.join(out_dir, "metrics.json"))

@@ -4,8 +4,8 @@ fine-tunes every weight of a pre-trained GPT with the loss on the assistant's to
 
     python sft.py config/sft_darija.py                 # builds data/sft/NAME/ if missing, then trains
     python sft.py config/sft_darija.py --build_only    # only (re)build the dataset
-    python sft.py --init_from=out/darija_sft --metric_only   # only score a checkpoint (scores.json)
     python chat.py --ckpt out/darija_sft               # talk to the result
+    python eval.py out/darija_small out/darija_sft     # score them side by side (reports/darija_sft/)
 
 What happens, in order (and why):
 1. The base checkpoint (init_from) is loaded with its tokenizer.
@@ -14,13 +14,14 @@ What happens, in order (and why):
    both ways between Darija and English and between the scripts, each in one of several phrasings
    (`prompts`): one template would teach the template, not the task. Rows sharing a sentence are
    grouped and split by a hash of the group, so no sentence is on both sides of train/val.
-3. The task metric: chrF of greedy answers to held-out Arabizi -> Arabic script and Darija ->
-   English requests (a base model gets a few-shot plain prompt). --metric_only stops here.
-4. Training: whole conversations packed into rows (bpe.py), targets -1 except on the assistant's
+3. Training: whole conversations packed into rows (bpe.py), targets -1 except on the assistant's
    tokens and their <|end|>, so the model learns to answer, not to imitate users. Every
    eval_interval steps: the val loss, sample answers, best.pt, and an early stop after `patience`
    evals without improvement (the freeCodeCamp course this project reworks, Imad Saddik's, trained
-   50 epochs on 257 pairs: train loss 0.006, val 3.64). Then the metric, base vs fine-tuned.
+   50 epochs on 257 pairs: train loss 0.006, val 3.64).
+4. The task metric, base vs fine-tuned: eval.py (run as a script) scores both on held-out requests
+   (chrF of greedy answers; the base gets a few-shot plain prompt) into out_dir/eval/, and
+   metrics.json gets its scores next to the run's figures.
 """
 import csv
 import hashlib
@@ -31,6 +32,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import unicodedata
@@ -57,7 +59,6 @@ system_prompt_share = 0.3           # share of pair examples that start with the
 val_fraction = 0.05
 max_bad_fraction = 0.0              # bad rows tolerated per file (skipped, each reported); 0: fail
 build_only = False
-metric_only = False                 # only score init_from on the task metric: out_dir/scores.json
 force = False                       # rebuild a dataset / overwrite out_dir (never files sft.py did not write)
 resume = False                      # continue from out_dir/last.pt (saved at each eval, and on Ctrl-C)
 # training
@@ -79,7 +80,7 @@ compile = False
 sample_prompts = ["Translate to English: kifach dayer? labas 3lik?",
                   "ktb liya hadi b l7orof l3arbiya: sba7 lkhir a sa7bi",
                   "شنو هي أحسن مدينة فالمغرب؟"]
-# task metric (chrF of greedy answers)
+# task metric (eval.py's chrF of greedy answers, after training)
 metric_items = 100                  # held-out items per task; 0 skips the metric
 metric_skip = 0                     # held-out items passed over first (scores items a choice was not made on)
 few_shot = 3                        # solved examples shown to the base model
@@ -328,56 +329,18 @@ if build_only:
     sys.exit(0)
 
 
-# --- 3. the task metric (after training, or alone with --metric_only) ---------------------------------
-def generate_text(model, ids, first_line=False):
-    """Greedy continuation of `ids` up to a special token (<|end|>, or a derailment) or, if first_line, a newline."""
-    out, room, stop = [], min(max_new_tokens, model.config.block_size - len(ids)), set(tok.special_tokens.values())
-    for token in (model.generate(ids, room, temperature=0) if room > 0 else ()):
-        if token in stop or (first_line and "\n" in tok.decode(out)):
-            break
-        out.append(token)
-    text = tok.decode(out)
-    return (text.split("\n")[0] if first_line else text).strip()
+# --- 3. training: whole conversations packed into rows, the loss on the assistant's tokens ----------
+def checkpoint(path, with_optimizer):
+    save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
+                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
 
 
-def chrf(hyps, refs, order=6, beta=2.0):
-    """Corpus-level chrF (Popovic 2015), as sacrebleu's default: character 1..6-grams without whitespace, counts
-    summed over the corpus, precision and recall averaged over the orders present, recall weighted beta times."""
-    stats = [[0, 0, 0] for _ in range(order)]  # per order: hypothesis n-grams, reference n-grams, matches
-    for hyp, ref in zip(hyps, refs):
-        hyp, ref = "".join(hyp.split()), "".join(ref.split())
-        for n in range(1, order + 1):
-            hyp_ngrams = Counter(hyp[i:i + n] for i in range(len(hyp) - n + 1))
-            ref_ngrams = Counter(ref[i:i + n] for i in range(len(ref) - n + 1))
-            stats[n - 1][0] += sum(hyp_ngrams.values()) if ref_ngrams else 0
-            stats[n - 1][1] += sum(ref_ngrams.values())
-            stats[n - 1][2] += sum((hyp_ngrams & ref_ngrams).values())
-    used = [(matches / n_hyp, matches / n_ref) for n_hyp, n_ref, matches in stats if n_hyp and n_ref]
-    precision = sum(p for p, _ in used) / len(used) if used else 0.0
-    recall = sum(r for _, r in used) / len(used) if used else 0.0
-    denominator = beta**2 * precision + recall
-    return 100 * (1 + beta**2) * precision * recall / denominator if denominator else 0.0
-
-
-def task_scores(model, chat):
-    """chrF per task: a chat model answers the held-out request as phrased; a base model continues
-    a few-shot plain-text prompt ("Arabizi: ...\\nArabic: ...") up to the newline."""
-    scores = {}
-    for task, (source, target) in FEW_SHOT.items():
-        items = [ex for ex in examples["val"] if ex["task"] == task][metric_skip:metric_skip + metric_items]
-        if not items:
-            continue
-        shots = [ex for ex in examples["train"] if ex["task"] == task and len(ex["input"]) < 60][:few_shot]
-        prefix = "".join(f"{source}: {s['input']}\n{target}: {s['messages'][-1]['content']}\n\n" for s in shots)
-        if chat:
-            hyps = [generate_text(model, tok.render_for_completion(ex["messages"][:-1])) for ex in items]
-        else:
-            inputs = [[tok.eot_id] + tok.encode_ordinary(f"{prefix}{source}: {ex['input']}\n{target}:") for ex in items]
-            hyps = [generate_text(model, ids, first_line=True) for ids in inputs]
-        score = round(chrf(hyps, [ex["messages"][-1]["content"] for ex in items]), 2)
-        scores[task] = dict(items=len(items), chrf=score, example=dict(input=items[0]["input"], output=hyps[0]))
-        print(f"  {'chat' if chat else 'base'} {task}: chrF {score:.1f} on {len(items)} items")
-    return scores
+def answer(model, prompt):
+    """The greedy answer to one user message, up to a special token (<|end|>, or a derailment)."""
+    ids, stop = tok.render_for_completion([{"role": "user", "content": prompt}]), set(tok.special_tokens.values())
+    room = min(max_new_tokens, model.config.block_size - len(ids))
+    tokens = model.generate(ids, room, temperature=0, stop_ids=stop) if room > 0 else ()
+    return tok.decode([token for token in tokens if token not in stop]).strip()
 
 
 examples = {}
@@ -390,22 +353,9 @@ device_type = "cuda" if device.startswith("cuda") else "cpu"
 if device_type == "cuda" and not torch.cuda.is_available():
     fail(f"--device={device}: no CUDA device here (use --device=cpu, or auto)")
 autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
-FEW_SHOT = {"lat2ar": ("Arabizi", "Arabic"), "dar2en": ("Darija", "English")}  # the base model's prompt labels
-if metric_only:  # score init_from as it is: a chat model if it was fine-tuned, else few-shot
-    print(f"task metric of {init_from}: chrF of greedy answers on up to {metric_items} held-out items per task")
-    scores = task_scores(model_from_checkpoint(ckpt).to(device), chat=ckpt["kind"] != "base")
-    write_atomic(os.path.join(out_dir, "scores.json"), json.dumps(dict(
-        init_from=init_from, kind=ckpt["kind"], sft_dataset=sft_dataset, scores=scores), indent=1, ensure_ascii=False))
-    sys.exit(0)
-
-
-# --- 4. training: whole conversations packed into rows, the loss on the assistant's tokens ----------
-def checkpoint(path, with_optimizer):
-    save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
-                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
-
-
-claim_to_write(out_dir, ("best.pt", "last.pt", "metrics.json", "scores.json"), "pick another --out_dir")
+# out_dir/eval/ is eval.py's report (eval.lock, while it runs); scores.json, an older sft.py's metric
+claim_to_write(out_dir, ("best.pt", "last.pt", "metrics.json", "eval", "eval.lock", "scores.json"),
+               "pick another --out_dir")
 if os.path.exists(os.path.join(out_dir, "best.pt")) and not (force or resume):
     fail(f"{out_dir}/ already holds a checkpoint: add --force to overwrite it or --resume to continue it")
 last_path = os.path.join(out_dir, "last.pt")
@@ -477,8 +427,7 @@ while True:
         checkpoint(last_path, with_optimizer=True)
         print(f"step {step}: val loss {val:.4f} (assistant tokens){' *best, saved' if improved else ''}")
         for prompt in sample_prompts:
-            reply = generate_text(raw_model, tok.render_for_completion([{"role": "user", "content": prompt}]))
-            print(f"  > {prompt}\n    {reply!r}")
+            print(f"  > {prompt}\n    {answer(raw_model, prompt)!r}")
         if bad_evals >= patience:
             print(f"early stop at step {step}: val has not improved for {patience} evals "
                   f"(best {best_val:.4f} at step {best_step})")
@@ -507,11 +456,19 @@ while True:
 signal.signal(signal.SIGINT, on_sigint)  # after training, Ctrl-C and SIGTERM act at once again
 signal.signal(signal.SIGTERM, on_sigterm)
 
-if metric_items:  # the task metric, the base model's (few-shot) next to the fine-tuned one's
-    print(f"task metric: chrF of greedy answers on up to {metric_items} held-out items per task"
-          f"{f', after the first {metric_skip}' if metric_skip else ''}")
-    base = task_scores(model_from_checkpoint(ckpt).to(device), chat=False)
-    finetuned = task_scores(model_from_checkpoint(load_checkpoint(os.path.join(out_dir, "best.pt"))).to(device), True)
+
+# --- 4. the task metric: eval.py scores the base (few-shot) and the fine-tuned best.pt side by side ---
+if metric_items:
+    report_dir = os.path.join(out_dir, "eval")
+    cmd = [sys.executable, os.path.join(ROOT, "eval.py"), init_from, os.path.join(out_dir, "best.pt"),
+           f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}", f"--metric_skip={metric_skip}",
+           f"--few_shot={few_shot}", f"--max_new_tokens={max_new_tokens}", f"--device={device}",
+           f"--out={report_dir}", "--force"]
+    print(f"task metric: python eval.py {' '.join(cmd[2:])}", flush=True)
+    if subprocess.run(cmd).returncode:
+        fail("eval.py could not score the models (see above)")
+    with open(os.path.join(report_dir, "report.json"), encoding="utf-8") as f:
+        base, finetuned = (scored["translation"] for scored in json.load(f)["checkpoints"])
     write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(dict(
         base=base, sft=finetuned, best_step=best_step, best_val_loss=best_val, steps=step, seed=seed, few_shot=few_shot,
         init_from=init_from, sft_dataset=sft_dataset, train_examples=len(train_chats)), indent=1, ensure_ascii=False))

@@ -1,6 +1,6 @@
 """LoRA: the adapter layers of lora.py (B = 0 changes nothing, merge is exact, only adapters learn, the
 adapter file round-trips and refuses a wrong base) and lora.py's run end to end on a tiny base made here
-(dataset built through sft.py, val loss falls, adapter + merged checkpoint agree, scored by sft.py)."""
+(dataset built through sft.py, val loss falls, adapter + merged checkpoint agree, scored by eval.py)."""
 import hashlib
 import io
 import json
@@ -305,6 +305,9 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
     metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
     assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
+    report = json.loads((work / "out/lora/eval/report.json").read_text("utf-8"))  # eval.py's, on the merged model
+    assert [(c["path"], c["kind"]) for c in report["checkpoints"]] == [("out/lora/best.pt", "lora_merged")]
+    assert metrics["lora"] == report["checkpoints"][0]["translation"] and metrics["lora"]["lat2ar"]["items"] == 3
     # rank 4 on q k v attn.c_proj (32 -> 32), mlp.c_fc and mlp.c_proj (32 <-> 128), the default 4 chat-token
     # and 195 task-token rows of 32, and the default rank-2 update of the (321 x 32) embedding
     assert metrics["trainable_params"] == 4 * 4 * (32 + 32) + 2 * 4 * (128 + 32) + (4 + 195) * 32 + 2 * (321 + 32)

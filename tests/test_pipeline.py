@@ -1,9 +1,9 @@
 """The whole pipeline on the sample corpus shipped in data/sample/, each stage run as a user runs it
 (its script, a config file, --key=value overrides) in a fresh folder: prepare -> tokenizer ->
-pretrain -> SFT -> LoRA -> chat.py --prompt, checking what each stage leaves on disk: token counts
-and one <|endoftext|> per document, checkpoint kinds and tokenizer hashes, val losses that fall, the
-adapter tied to its base's file, and the same greedy answer from base + adapter and from the merged
-checkpoint. The test prints each stage's seconds (on 2 shared CPU cores, once: pretrain with prepare
+pretrain -> SFT -> LoRA -> eval -> chat.py --prompt, checking what each stage leaves on disk: token
+counts and one <|endoftext|> per document, checkpoint kinds and tokenizer hashes, val losses that
+fall, the adapter tied to its base's file, one report on all three models, and the same greedy
+answer from base + adapter and from the merged checkpoint. The test prints each stage's seconds (on 2 shared CPU cores, once: pretrain with prepare
 10 s, SFT 8 s, LoRA 8 s, three chat.py runs 11 s, mostly importing torch).
 
 The tiny configs (config/darija_tiny.py, sft_tiny.py, lora_tiny.py) are used as shipped; for SFT
@@ -80,6 +80,7 @@ def test_sample_corpus_to_chat(tmp_path):
     losses = val_losses(r.stdout)
     assert sft["best_val_loss"] == pytest.approx(min(losses), abs=1e-4) and min(losses) < losses[0]
     assert set(json.loads((tmp_path / "out/darija_tiny_sft/metrics.json").read_text())) >= {"base", "sft"}
+    assert (tmp_path / "out/darija_tiny_sft/eval/report.md").is_file()  # eval.py's, which sft.py runs
 
     # LoRA on the base: an adapter tied to the base's exact file, and a merged checkpoint
     r = stage(tmp_path, times, "lora.py", "config/lora_tiny.py", "--merge", *FINETUNE)
@@ -90,6 +91,14 @@ def test_sample_corpus_to_chat(tmp_path):
     assert load_checkpoint(tmp_path / "out" / "darija_tiny_lora")["kind"] == "lora_merged"
     losses = val_losses(r.stdout)
     assert min(losses) < losses[0]
+
+    # eval: the three models side by side, on the dataset named after the base (as sft.py names it)
+    stage(tmp_path, times, "eval.py", "out/darija_tiny", "out/darija_tiny_sft", "out/darija_tiny_lora",
+          "--metric_items=2", "--max_new_tokens=8")
+    report = json.loads((tmp_path / "reports/darija_tiny_lora/report.json").read_text(encoding="utf-8"))
+    assert report["sft_dataset"] == "darija_tiny"
+    assert [c["kind"] for c in report["checkpoints"]] == ["base", "sft", "lora_merged"]
+    assert all(c["translation"]["dar2en"]["items"] == 2 for c in report["checkpoints"])
 
     # chat: the base + adapter, and (no --ckpt) the newest chat checkpoint: the merged one, same answer
     prompt = ["--prompt", "salam, kidayr?", "--temperature", "0", "--max_new_tokens", "12"]

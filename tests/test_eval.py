@@ -1,0 +1,249 @@
+"""eval.py: chrF (as sacrebleu's), a report of a base and a chat checkpoint side by side (report.json,
+report.md, the printed tables), and one line for each bad input. A tiny tokenizer, two tiny GPTs and
+an SFT dataset in sft.py's format are made here, so nothing needs a trained model or ../shared."""
+import hashlib
+import io
+import json
+import os
+import random
+import runpy
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+import configurator
+from bpe import Tokenizer
+from conftest import ROOT
+from eval import chrf
+from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+REFS = ["sba7 lkhir a sa7bi", "wach nta mzyan?", "I went home yesterday", "السلام عليكم", "كيداير؟ لاباس عليك",
+        "3afak 3tini lma", "the weather is nice today", "ana ghadi l dar", "x", "ok"]
+
+
+def fixed_pairs(n=50, seed=7):
+    """n (hypothesis, reference) pairs: references in both scripts and English, hypotheses made from them by
+    dropping, doubling and swapping characters and words, plus a few empty and unrelated ones."""
+    rng, pairs = random.Random(seed), []
+    for i in range(n):
+        ref = rng.choice(REFS)
+        if i % 10 == 0:
+            hyp = ""
+        elif i % 10 == 1:
+            hyp = rng.choice(REFS)  # most likely another sentence
+        else:
+            chars = list(ref)
+            for _ in range(rng.randint(0, 4)):
+                j = rng.randrange(len(chars) + 1)
+                chars[j:j + 1] = rng.choice([[], [rng.choice(ref)] * 2, chars[j:j + 1][::-1], [" "]])
+            hyp = "".join(chars)
+            if rng.random() < 0.3:
+                hyp = " ".join(rng.sample(hyp.split(), len(hyp.split())))
+        pairs.append((hyp, ref))
+    return pairs
+
+
+def test_chrf_by_hand():
+    assert chrf(["sba7 lkhir"], ["sba7 lkhir"]) == 100.0 and chrf(["xyz"], ["abc"]) == 0.0
+    # "ab" vs "abc": 1-grams P=1 R=2/3, 2-grams P=1 R=1/2: P=1, R=7/12, F2 = 5PR / (4P + R)
+    assert chrf(["ab"], ["abc"]) == pytest.approx(100 * 5 * (7 / 12) / (4 + 7 / 12))
+    assert chrf(["sba7  lkhir"], ["sba7 lkhir"]) == 100.0  # whitespace is not counted
+
+
+def test_chrf_equals_sacrebleu_on_50_fixed_pairs():
+    try:
+        import sacrebleu
+    except ImportError:
+        pytest.skip("sacrebleu is not installed (pip install -r requirements-dev.txt): the reference chrF to compare with")
+    pairs = fixed_pairs()
+    hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
+    assert len(set(pairs)) > 40 and "" in hyps
+    assert chrf(hyps, refs) == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=0.01)
+    for i in range(0, 50, 10):  # and on smaller corpora, down to one pair
+        assert chrf(hyps[i:i + 3], refs[i:i + 3]) == pytest.approx(
+            sacrebleu.corpus_chrf(hyps[i:i + 3], [refs[i:i + 3]]).score, abs=0.01)
+
+
+# --- eval.py end to end ---------------------------------------------------------------------------
+
+PAIRS = [dict(latin=f"jomla {i} dyal darija", arabic=f"جملة {i} ديال الدارجة", english=f"sentence number {i}")
+         for i in range(40)]
+
+
+def examples(pairs):
+    out = []
+    for p in pairs:
+        out.append(dict(messages=[{"role": "user", "content": f"ktb b l7orof l3arbiya: {p['latin']}"},
+                                  {"role": "assistant", "content": p["arabic"]}], task="lat2ar", input=p["latin"]))
+        out.append(dict(messages=[{"role": "user", "content": f"Translate to English: {p['latin']}"},
+                                  {"role": "assistant", "content": p["english"]}], task="dar2en", input=p["latin"]))
+    out.append(dict(messages=[{"role": "user", "content": "salam"}, {"role": "assistant", "content": "wa3alaykom"}],
+                    task="chat"))
+    return out
+
+
+def write_dataset(folder, tok_path, tok_sha, train, val):
+    """An SFT dataset as sft.py writes it (the fields eval.py reads)."""
+    folder.mkdir(parents=True)
+    for split, rows in (("train", train), ("val", val)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    stats = dict(tokenizer=tok_path, tokenizer_sha256=tok_sha, sources=[], train={}, val={})
+    (folder / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+
+
+def make_tokenizer(work, name, texts, merges):
+    (work / "data" / name).mkdir(parents=True)
+    tok = Tokenizer.train(texts, 256 + 5 + merges)
+    tok.save(work / "data" / name / "tokenizer.json")
+    return tok, f"data/{name}/tokenizer.json", hashlib.sha256((work / "data" / name / "tokenizer.json").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """out/base (kind base), out/chat (kind sft, fine-tuned on data/sft/t as its config says), data/sft/t,
+    and data/sft/alien, built with another tokenizer."""
+    d = tmp_path_factory.mktemp("eval")
+    tok, tok_path, tok_sha = make_tokenizer(d, "base", [json.dumps(p, ensure_ascii=False) for p in PAIRS], 60)
+    for seed, name, kind in ((0, "base", "base"), (1, "chat", "sft")):
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+        with torch.no_grad():  # special tokens' logits 0 (tied head): random weights then say something
+            model.wte.weight[list(tok.special_tokens.values())] = 0
+        save_checkpoint(d / "out" / name / "best.pt", model, kind=kind, tokenizer=tok_path, tokenizer_sha256=tok_sha,
+                        config=dict(init_from="out/base", sft_dataset="t") if kind == "sft" else {})
+    write_dataset(d / "data/sft/t", tok_path, tok_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
+    _, other_path, other_sha = make_tokenizer(d, "other", ["another text altogether, other merges " * 10], 20)
+    write_dataset(d / "data/sft/alien", other_path, other_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
+    return d
+
+
+def run_eval(work, monkeypatch, *args):
+    """Run eval.py in-process in `work`; return what it printed. The report folder it locks is unlocked
+    after the run (in-process, the lock would last until pytest exits)."""
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["eval.py", *args])
+    locks, real_claim = [], configurator.claim
+
+    def claim_and_remember(folder):
+        locks.append(real_claim(folder))
+        return locks[-1]
+
+    monkeypatch.setattr(configurator, "claim", claim_and_remember)
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            runpy.run_path(str(ROOT / "eval.py"), run_name="__main__")
+    finally:
+        for lock in locks:
+            if os.path.exists(lock):
+                os.remove(lock)
+    return out.getvalue()
+
+
+def greedy_answer(work, ckpt_dir, messages):
+    """What a chat model should answer, computed here without eval.py."""
+    tok = Tokenizer.load(work / "data/base/tokenizer.json")
+    model = model_from_checkpoint(load_checkpoint(str(work / ckpt_dir)))
+    ids, stop = tok.render_for_completion(messages), set(tok.special_tokens.values())
+    out = []
+    for token in model.generate(ids, min(8, 64 - len(ids)), temperature=0):
+        if token in stop:
+            break
+        out.append(token)
+    return tok.decode(out).strip()
+
+
+def test_a_report_of_a_base_and_a_chat_checkpoint(work, monkeypatch):
+    log = run_eval(work, monkeypatch, "out/base", "--sft_dataset=t", "--metric_items=6", "--max_new_tokens=8",
+                   "out/chat/best.pt", "--out=reports/both")  # checkpoints before and after the settings
+    report = json.loads((work / "reports/both/report.json").read_text("utf-8"))
+    assert report["command"] == (f"python {ROOT / 'eval.py'} out/base --sft_dataset=t --metric_items=6 "
+                                 f"--max_new_tokens=8 out/chat/best.pt --out=reports/both")  # as run (runpy: its path)
+    assert [(c["path"], c["kind"]) for c in report["checkpoints"]] == [("out/base", "base"), ("out/chat/best.pt", "sft")]
+    assert report["sft_dataset"] == "t" and report["tasks"] == ["translation"]
+    val = [json.loads(line) for line in (work / "data/sft/t/val.jsonl").read_text("utf-8").splitlines()]
+    for column in report["checkpoints"]:
+        assert set(column["translation"]) == {"lat2ar", "dar2en"}
+        for task, scores in column["translation"].items():
+            assert set(scores) == {"items", "chrf", "example"} and scores["items"] == 6 and 0 <= scores["chrf"] <= 100
+            assert scores["example"]["input"] == next(ex["input"] for ex in val if ex["task"] == task)
+            assert "\n" not in scores["example"]["output"]
+    first = next(ex for ex in val if ex["task"] == "lat2ar")  # the chat model answers the request as phrased
+    answer = report["checkpoints"][1]["translation"]["lat2ar"]["example"]["output"]
+    assert answer and answer == greedy_answer(work, "out/chat", first["messages"][:-1])
+    md = (work / "reports/both/report.md").read_text("utf-8")
+    assert f"`{report['command']}`" in md and md.count("| | out/base (base) | out/chat/best.pt (sft) |") == 2
+    assert "## translation: lat2ar" in md and "## translation: dar2en" in md
+    chrf_row = f"| chrf | {report['checkpoints'][0]['translation']['dar2en']['chrf']} | "
+    assert chrf_row in md and chrf_row in log  # the tables are printed too
+    assert sorted(os.listdir(work / "reports/both")) == ["report.json", "report.md"]
+
+
+def test_the_dataset_and_the_folder_default_to_the_checkpoints(work, monkeypatch):
+    run_eval(work, monkeypatch, "out/chat", "--metric_items=2", "--max_new_tokens=2")  # data/sft/t: its config's
+    report = json.loads((work / "reports/chat/report.json").read_text("utf-8"))  # reports/<its folder's name>
+    assert report["sft_dataset"] == "t" and report["checkpoints"][0]["translation"]["dar2en"]["items"] == 2
+    run_eval(work, monkeypatch, "out/chat", "--metric_items=3", "--metric_skip=2", "--max_new_tokens=2", "--force")
+    report = json.loads((work / "reports/chat/report.json").read_text("utf-8"))
+    held_out = [json.loads(line)["input"] for line in (work / "data/sft/t/val.jsonl").read_text("utf-8").splitlines()
+                if json.loads(line)["task"] == "dar2en"]
+    assert report["checkpoints"][0]["translation"]["dar2en"]["example"]["input"] == held_out[2]  # two passed over
+
+
+def test_existing_report_needs_force_and_other_files_are_never_touched(work, monkeypatch):
+    args = ["out/chat", "--metric_items=1", "--max_new_tokens=1", "--out=reports/again"]
+    run_eval(work, monkeypatch, *args)
+    with pytest.raises(SystemExit, match=r"^eval.py: reports/again/ already holds a report: add --force to replace it"):
+        run_eval(work, monkeypatch, *args)
+    (work / "reports/again/report.md.tmp999").write_text("half", encoding="utf-8")  # a killed run's
+    run_eval(work, monkeypatch, *args, "--force")
+    assert sorted(os.listdir(work / "reports/again")) == ["report.json", "report.md"]
+    (work / "reports/again/notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"reports/again/ holds files eval.py did not write: notes.txt; pick another"):
+        run_eval(work, monkeypatch, *args, "--force")
+    assert (work / "reports/again/notes.txt").read_text("utf-8") == "mine"
+
+
+@pytest.fixture(scope="module")
+def lost(work):
+    """A checkpoint whose tokenizer file is gone."""
+    save_checkpoint(work / "out/lost/best.pt", GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2,
+                                                             n_kv_head=2, n_embd=16)),
+                    kind="base", tokenizer="data/lost/tokenizer.json", tokenizer_sha256="ab" * 32)
+    return "out/lost"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["out/chat", "--tasks=translation,bpb"], r"unknown task bpb: choose among translation"),
+    (["--sft_dataset=t"], r"no checkpoint given: python eval.py out/NAME"),
+    (["out/base", "out/none"], r"no checkpoint at out/none: train one first"),
+    (["out/chat", "out/lost"], r"out/lost was trained with the tokenizer data/lost/tokenizer.json, which does not exist"),
+    (["out/chat", "--sft_dataset=nope"], r"no SFT dataset at data/sft/nope/ \(--sft_dataset\): build it with "
+                                         r"`python sft.py CONFIG --build_only --sft_dataset=nope`"),
+    (["out/base"], r"no SFT dataset at data/sft/base/ \(the dataset of out/base\)"),
+    (["out/chat", "--sft_dataset=../t"], r"sft_dataset must be a plain name"),
+    (["out/chat", "--sft_dataset=alien"], r"data/sft/alien/ was built with tokenizer data/other/tokenizer.json "
+                                          r"\(sha256 \w{12}\), but out/chat uses data/base/tokenizer.json"),
+    (["out/chat", "--metric_items=0"], r"metric_items and max_new_tokens must be at least 1"),
+    (["out/chat", "--metric_itmes=3"], r"unknown config key 'metric_itmes' .* did you mean 'metric_items'"),
+])
+def test_bad_input_is_one_line(work, monkeypatch, lost, args, message):
+    with pytest.raises(SystemExit, match=message) as e:
+        run_eval(work, monkeypatch, *args, "--out=reports/bad")
+    assert "\n" not in str(e.value.code)
+    assert not (work / "reports/bad/report.json").exists()
+
+
+def test_device_cuda_without_cuda_is_one_line(work, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"eval.py: --device=cuda: no CUDA device here \(use --device=cpu, or auto\)"):
+        run_eval(work, monkeypatch, "out/chat", "--device=cuda", "--out=reports/cuda")
+
+
+def test_a_mistake_is_one_line_on_stderr_with_exit_status_1(work):
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "out/chat", "--tasks=mc"], cwd=work,
+                       capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 1 and r.stderr == "eval.py: unknown task mc: choose among translation (comma-separated)\n"
