@@ -6,6 +6,7 @@ chat.py: talk to your model in the terminal.
     python chat.py --ckpt out/darija_small --adapter out/darija_lora/adapter.pt
     python chat.py --ckpt out/darija_sft --prompt "salam, kidayr?"   # one answer, then exit
     echo "salam" | python chat.py --ckpt out/darija_sft   # piped stdin: one turn per line
+    python chat.py --ckpt out/darija_sft --serve          # web chat page and OpenAI-style API
 
 What happens, top to bottom, and why:
 1. The checkpoint (any kind: base, sft, lora_merged) is loaded with its tokenizer, whose sha256
@@ -33,8 +34,14 @@ What happens, top to bottom, and why:
    the answer (not the session), Ctrl-D exits. Answers go to stdout and notices to stderr, so
    `--prompt` and piped stdin give clean output for scripts. Any unexpected error ends the session
    with a message: it never loops on an exception.
+6. --serve puts the same engine behind HTTP: chat_server.py (imported only then; it imports nothing
+   from here) serves the web page chat.html and an OpenAI-compatible API on 127.0.0.1. chat.py
+   hands it `reply`: each request's messages become the session's conversation (Session.take) and
+   its answer streams out of Session.stream, one request at a time, the KV cache kept across
+   requests (a conversation that grows by a turn prefills only that turn's new part).
 """
 import argparse
+import contextlib
 import glob
 import math
 import os
@@ -83,11 +90,18 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default; 1 is often "
                    "faster for a small model on a busy machine)")
+    p.add_argument("--serve", action="store_true", help="serve the web chat page and an OpenAI-compatible API")
+    p.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on (0.0.0.0: every network)")
+    p.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
+    p.add_argument("--api_key", default=os.environ.get("DARIJA_GPT_API_KEY", ""), help="--serve: require "
+                   "`Authorization: Bearer KEY` (default: $DARIJA_GPT_API_KEY; none: no key needed)")
     args = p.parse_args(argv)
     if not (0 <= args.temperature < math.inf and 0 < args.top_p <= 1):  # written so that nan fails too
         fail(f"need a finite --temperature >= 0 and 0 < --top_p <= 1 (got {args.temperature}, {args.top_p})")
     if args.max_new_tokens < 1 or args.top_k < 0 or args.threads < 0:
         fail("need --max_new_tokens >= 1, --top_k >= 0 and --threads >= 0 (0: torch's default)")
+    if args.serve and args.prompt is not None:
+        fail("--serve and --prompt do not go together: --serve answers over HTTP")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         fail(f"--device={args.device}: no CUDA device here (use --device=cpu, or auto)")
     if args.device == "mps" and not torch.backends.mps.is_available():
@@ -207,22 +221,26 @@ class Session:
     def __init__(self, model, tok, chat_mode, args):
         self.model, self.tok, self.chat_mode, self.args = model, tok, chat_mode, args
         self.block_size = model.config.block_size
-        # room kept for the answer: max_new_tokens, but at most half the window (the rest is history)
-        self.reserve = min(args.max_new_tokens, self.block_size // 2)
         self.cache = model.new_cache()
         self.system = ""
         self.messages = []
         self.ids = None  # the conversation's ids as the model saw them (None: render self.messages)
         self.show_speed = args.show_speed
+        self.stats = {}  # the figures of the last answer (filled when it ends)
         self.stop_ids = set(tok.special_tokens.values())  # <|end|>, <|endoftext|>, or a new turn
         self.set_system(args.system)
+
+    @property
+    def reserve(self):
+        """Room kept for the answer: max_new_tokens, but at most half the window (the rest is history)."""
+        return min(self.args.max_new_tokens, self.block_size // 2)
 
     def set_system(self, text):
         if text and self.chat_mode:
             n = len(self.tok.encode_ordinary(text))
             if n + 16 + self.reserve > self.block_size:  # 16: the framing and a short question
-                raise ValueError(f"the system prompt takes {n} tokens: too long for a context of "
-                                 f"{self.block_size} with {self.reserve} kept for the answer; shorten it")
+                raise ContextFullError(f"the system prompt takes {n} tokens: too long for a context of "
+                                       f"{self.block_size} with {self.reserve} kept for the answer; shorten it")
         self.system = text
         self.messages = [message for message in self.messages if message["role"] != "system"]
         if text:
@@ -233,6 +251,25 @@ class Session:
         self.messages = self.messages[:1] if self.system else []
         self.ids = None
         self.cache.truncate(0)
+
+    def take(self, messages):
+        """Make a whole conversation ([system], user, assistant, ..., user: an API request's) this
+        session's, its last message the new turn; -> that message's text, for stream(). ValueError
+        says what is wrong with the messages, ContextFullError that the last one alone does not fit
+        (the history is trimmed as in the terminal). The cache is kept: what it holds of the new
+        context's start is not prefilled again."""
+        if self.chat_mode:
+            self.tok.render_for_completion(messages)  # ValueError: ill-ordered, empty, unknown role
+        elif not messages or messages[-1].get("role") != "user":
+            raise ValueError("the last message must have role 'user'")
+        self.set_system(messages[0]["content"] if messages[0]["role"] == "system" else "")
+        self.messages = list(messages[:-1]) if self.chat_mode else []
+        text = messages[-1]["content"]
+        n, limit = len(self.tok.encode_ordinary(text)), self.input_limit()
+        if n > limit:
+            raise ContextFullError(f"the last message takes {n} tokens, but at most {limit} fit in the context of "
+                                   f"{self.block_size} tokens with {self.reserve} kept for the answer")
+        return text
 
     def input_limit(self):
         """Most tokens one message may have: the context minus the answer's room and the framing."""
@@ -266,17 +303,18 @@ class Session:
 
     # --- 3. one streamed answer ---------------------------------------------------------------------
 
-    def answer(self, text, out=None):
-        """Generate, stream (to out, default stdout) and remember the answer to `text`; return its text.
-        self.stats then holds its figures (what --show_speed prints)."""
-        out = out or sys.stdout
+    def stream(self, text):
+        """Generate the answer to `text`, yielding its text as it comes: bpe.py's stream decoder holds
+        back a character split across tokens until it is whole. However the stream ends (its end,
+        closed by the caller, Ctrl-C), the answer so far is remembered and self.stats holds its
+        figures, with `finish`: stop (a stop token), length, context full, or stopped."""
         t0 = t_first = time.perf_counter()
         ids = self.context(text)
         cached = 0
         while cached < min(len(ids) - 1, len(self.cache.tokens)) and self.cache.tokens[cached] == ids[cached]:
             cached += 1  # what generate will keep from the cache: only the rest is prefilled
         a = self.args
-        decoder, tokens, ended_by, n = self.tok.stream_decoder(), [], "", 0
+        decoder, tokens, n, finish = self.tok.stream_decoder(), [], 0, "stopped"
         try:
             for t in self.model.generate(ids, min(a.max_new_tokens, self.block_size - len(ids)), a.temperature,
                                          a.top_k or None, a.top_p, self.stop_ids, self.cache):
@@ -284,37 +322,89 @@ class Session:
                 if n == 1:
                     t_first = time.perf_counter()  # time to first token: the template and the prefill
                 if t in self.stop_ids:
+                    finish = "stop"
                     break
                 tokens.append(t)
-                out.write(decoder.feed(t))
-                out.flush()
-            else:
-                ended_by = "[answer cut: context full]" if len(ids) + len(tokens) >= self.block_size else ""
-        except KeyboardInterrupt:
-            ended_by = "[stopped]"
-        decode_time = time.perf_counter() - t_first
-        out.write(decoder.flush() + "\n")
+                piece = decoder.feed(t)
+                if piece:
+                    yield piece
+            else:  # an answer cut inside a character ends before it (no U+FFFD): decoder.flush() is not asked
+                finish = "context full" if len(ids) + len(tokens) >= self.block_size else "length"
+        finally:
+            decode_time = time.perf_counter() - t_first
+            self.stats.update(tokens=len(tokens), first_token_s=t_first - t0, prompt=len(ids), cached=cached,
+                              tokens_per_s=(n - 1) / max(decode_time, 1e-9) if n > 1 else 0.0, finish=finish)
+            reply = self.tok.decode(tokens)
+            if self.chat_mode:
+                if reply:  # the ids as generated, not re-encoded from reply: the cache holds these
+                    self.messages.append({"role": "assistant", "content": reply})
+                    self.ids = ids + tokens + [self.tok.special_tokens["<|end|>"]]
+                else:  # an empty message cannot be rendered: forget the unanswered turn
+                    self.messages.pop()
+
+    def answer(self, text, out=None):
+        """Stream the answer to `text` to out (default stdout) and return its text; Ctrl-C stops it."""
+        out, written = out or sys.stdout, []
+        with contextlib.closing(self.stream(text)) as pieces:
+            try:
+                for piece in pieces:
+                    written.append(piece)
+                    out.write(piece)
+                    out.flush()
+            except KeyboardInterrupt:
+                pass  # the answer so far is kept: stats' finish is "stopped"
+        out.write("\n")
         out.flush()
+        ended_by = {"stopped": "[stopped]", "context full": "[answer cut: context full]"}.get(self.stats["finish"])
         if ended_by:
             note(ended_by)
-        self.stats = dict(tokens=len(tokens), first_token_s=t_first - t0, prompt=len(ids), cached=cached,
-                          tokens_per_s=(n - 1) / max(decode_time, 1e-9) if n > 1 else 0.0)
         if self.show_speed:
             st = self.stats
             note(f"[{st['tokens']} tokens, {st['tokens_per_s']:.1f} tokens/s, first token after "
-                 f"{st['first_token_s'] * 1000:.0f} ms; prompt {len(ids)} tokens, {len(ids) - cached} prefilled, "
-                 f"{cached} from the cache]")
-        reply = self.tok.decode(tokens)
-        if self.chat_mode:
-            if reply:  # the ids as generated, not re-encoded from reply: the cache holds these
-                self.messages.append({"role": "assistant", "content": reply})
-                self.ids = ids + tokens + [self.tok.special_tokens["<|end|>"]]
-            else:  # an empty message cannot be rendered: forget the unanswered turn
-                self.messages.pop()
-        return reply
+                 f"{st['first_token_s'] * 1000:.0f} ms; prompt {st['prompt']} tokens, {st['prompt'] - st['cached']} "
+                 f"prefilled, {st['cached']} from the cache]")
+        return "".join(written)
 
 
-# --- 4. the loop ------------------------------------------------------------------------------------
+# --- 4. --serve ----------------------------------------------------------------------------------
+
+def make_server(session, args, name):
+    """chat_server.py's HTTP server (not yet serving) around this session, named `name` in the API."""
+    import chat_server  # only --serve needs it; it imports nothing from here (chat.py hands it reply)
+    defaults = vars(args).copy()
+
+    def reply(messages, settings):
+        """One request (chat_server holds a lock: one at a time) -> (the answer's text pieces as they
+        come, session.stats: its figures once they end). settings: temperature, top_p, max_tokens
+        (capped at --max_new_tokens) and seed, each None for the command line's."""
+        chosen = {key: value for key, value in settings.items() if value is not None}
+        session.args = argparse.Namespace(**{**defaults, **chosen})
+        session.args.max_new_tokens = min(chosen.get("max_tokens", args.max_new_tokens), args.max_new_tokens)
+        if chosen.get("seed") is not None:
+            torch.manual_seed(chosen["seed"])
+        try:
+            text = session.take(messages)  # before anything is sent: errors get their own status
+        except ContextFullError as e:
+            raise chat_server.ApiError(400, str(e), "messages", "context_length_exceeded")
+        return session.stream(text), session.stats
+
+    return chat_server.make_server(reply, name, args.host, args.port, args.api_key)
+
+
+def serve(session, args, path):
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        note(f"WARNING: --host {args.host} lets other machines use this model{'' if args.api_key else ', with no key'}")
+    try:
+        server = make_server(session, args, os.path.basename(os.path.dirname(os.path.abspath(path))))
+    except OSError as e:
+        fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (try another --port)")
+    note(f"darija-gpt: serving {path} at http://{args.host}:{server.server_address[1]}/ (the chat page; "
+         f"the API under /v1). Ctrl-C stops.")
+    with contextlib.suppress(KeyboardInterrupt), server:
+        server.serve_forever()
+
+
+# --- 5. the loop ------------------------------------------------------------------------------------
 
 def command(session, line):
     """Run a /command; return False when the session should end."""
@@ -354,6 +444,8 @@ def main(argv=None):
     if not chat_mode:
         note(f"{path} is a base model (not instruction-tuned): completion mode, each line is continued "
              f"as text, with no memory of earlier lines. Fine-tune it with sft.py or lora.py to chat.")
+    if args.serve:
+        return serve(session, args, path)
     if args.prompt is not None:
         if not args.prompt.strip():
             fail("--prompt is empty")
