@@ -118,7 +118,7 @@ def parse_request(body):
     settings = dict(temperature=setting(data, "temperature", lambda v: 0 <= v <= 2, "a number from 0 to 2"),
                     top_p=setting(data, "top_p", lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
                     max_tokens=setting(data, tokens_key, lambda v: v >= 1, "an integer >= 1", integer=True),
-                    seed=setting(data, "seed", lambda v: True, "an integer", integer=True))
+                    seed=setting(data, "seed", lambda v: -2 ** 63 <= v < 2 ** 64, "a 64-bit integer", integer=True))
     return checked, settings, stops or [], stream, bool(options.get("include_usage"))
 
 
@@ -279,7 +279,7 @@ class Answer:
                     break
             else:
                 self.add(self.held)  # the end: what was held back was no stop string
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # a broken pipe, a reset, a write that timed out: the client is gone
             self.gone = True
         finally:
             pieces.close()  # ends the generation now, and lets the engine remember what it made

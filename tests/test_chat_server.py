@@ -290,7 +290,8 @@ def user(text):
     ({**user("salam"), "max_tokens": -5}, 422, "'max_tokens' must be an integer >= 1, got -5"),
     ({**user("salam"), "max_tokens": 2.5}, 422, "'max_tokens' must be an integer >= 1"),
     ({**user("salam"), "max_tokens": True}, 422, "'max_tokens' must be an integer >= 1"),
-    ({**user("salam"), "seed": "x"}, 422, "'seed' must be an integer"),
+    ({**user("salam"), "seed": "x"}, 422, "'seed' must be a 64-bit integer"),
+    ({**user("salam"), "seed": 2 ** 64}, 422, "'seed' must be a 64-bit integer"),
     ({**user("salam"), "stream": "yes"}, 422, "'stream' must be true or false"),
     ({**user("salam"), "stop": 5}, 422, "'stop' must be a string or a list of up to 4 non-empty strings"),
     (user(" ".join(["salam"] * 300)), 400, "the last message takes 1500 tokens, but at most 60 fit in the context "
@@ -379,3 +380,30 @@ def test_page_in_a_browser_streams_and_gives_each_bubble_its_direction(servers, 
         assert not page.find_elements(By.CSS_SELECTOR, ".msg")
     finally:
         page.quit()
+
+
+def test_engine_keeps_the_cache_across_requests_and_serves_base_models(work):
+    """What --serve asks of chat.py's Session, in-process: a request that repeats the conversation
+    and adds a turn prefills only the new part; a stream closed early is remembered; a base model
+    continues the last message."""
+    import chat
+    from model import load_checkpoint, model_from_checkpoint
+    tok = Tokenizer.load(work / "tokenizer.json")
+    model = model_from_checkpoint(load_checkpoint(work / "out" / "chat"))
+    session = chat.Session(model, tok, True, chat.parse_args(["--temperature", "0"]))
+    first = [{"role": "user", "content": "salam kidayr"}]
+    assert "".join(session.stream(session.take(first))) == ANSWER_LATIN
+    second = first + [{"role": "assistant", "content": ANSWER_LATIN}, {"role": "user", "content": "سلام"}]
+    assert "".join(session.stream(session.take(second))) == ANSWER_AR
+    assert session.stats["prompt"] == len(tok.render_for_completion(second))
+    assert session.stats["cached"] == len(tok.render_for_completion(first)) + len(tok.encode_ordinary(ANSWER_LATIN))
+    pieces = session.stream(session.take(first))
+    sent = next(pieces) + next(pieces)
+    pieces.close()  # the client left: the answer so far is remembered, the figures filled in
+    assert session.stats["finish"] == "stopped" and session.stats["tokens"] == 2
+    assert session.messages[-1] == {"role": "assistant", "content": sent} and ANSWER_LATIN.startswith(sent)
+    with pytest.raises(ValueError, match="the last message must have role 'user'"):
+        session.take(second[:2])
+    base = chat.Session(model, tok, False, chat.parse_args(["--temperature", "0", "--max_new_tokens", "5"]))
+    assert "".join(base.stream(base.take(second))) == "".join(base.stream(base.take(second[-1:])))
+    assert base.stats["prompt"] == 1 + len(tok.encode_ordinary("سلام"))  # <|endoftext|> and the message alone
