@@ -12,6 +12,8 @@ bench/chat.py: how fast chat.py answers on this machine, measured through chat.p
 2. a long multi-turn conversation (user turns from data/sample/sft, answers of a fixed length):
    the KV cache kept across turns (chat.py: only the new turn is prefilled) vs re-prefilling the
    whole history every turn (a fresh cache each turn), at the model's context and at a longer one.
+3. chat.py --serve: time to first token and tokens/s as streaming HTTP clients see them, with 1
+   and with 8 concurrent clients (served one after another: the 8th waits for the other 7).
 
 Without a trained checkpoint the model is darija_small's shape (pretrain.py's and prepare.py's
 defaults, which config/darija_small.py keeps) with random weights and a tokenizer of the same
@@ -22,9 +24,11 @@ so with the cache kept only the new turn is prefilled, until old turns are dropp
 import argparse
 import ast
 import contextlib
+import http.client
 import json
 import os
 import sys
+import threading
 import time
 
 import torch
@@ -149,6 +153,65 @@ def multi_turn(model, tok, answer_tokens, turns):
           f"{again[2] / kept[2]:.1f}x fewer tokens prefilled")
 
 
+def streamed(port, text, answer_tokens):
+    """One streamed request to the server -> (seconds to the first text, seconds to the end, tokens)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": answer_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body))
+    response, first, usage = conn.getresponse(), None, None
+    for line in response:  # server-sent events: "data: {chunk}" lines
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = json.loads(line[6:])
+        if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            first = time.perf_counter() - t0
+        usage = chunk.get("usage") or usage
+    conn.close()
+    return first, time.perf_counter() - t0, usage["completion_tokens"]
+
+
+def concurrent(port, texts, answer_tokens):
+    """len(texts) clients at once -> (mean and slowest time to first text, mean tokens/s per stream,
+    tokens/s of all the clients together)."""
+    results = [None] * len(texts)
+
+    def client(i):
+        results[i] = streamed(port, texts[i], answer_tokens)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    firsts = [first for first, _, _ in results]
+    per_stream = sum((n - 1) / (end - first) for first, end, n in results) / len(texts)
+    return sum(firsts) / len(texts), max(firsts), per_stream, sum(n for *_, n in results) / wall
+
+
+def served(model, tok, answer_tokens):
+    """chat.py --serve's server on a free port in this process, its clients in threads (they only read
+    sockets: the model has the CPU)."""
+    s = session(model, tok, answer_tokens)
+    server = chat.make_server(s, chat.parse_args(["--max_new_tokens", str(answer_tokens), "--port", "0"]), "bench")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, texts = server.server_address[1], user_turns()
+    with contextlib.redirect_stderr(open(os.devnull, "w")):  # the server's line per request
+        streamed(port, texts[0], 4)  # warm-up
+        rows = [(clients, concurrent(port, texts[:clients], answer_tokens)) for clients in (1, 8)]
+    server.shutdown()
+    server.server_close()
+    print(f"\n3. chat.py --serve: streaming clients, answers of {answer_tokens} tokens, one request at a time")
+    print("| concurrent clients | mean time to first token | slowest first token | tokens/s per stream | "
+          "tokens/s, all clients |")
+    print("|---:|---:|---:|---:|---:|")
+    for clients, (mean, slowest, per_stream, total) in rows:
+        print(f"| {clients} | {mean * 1000:.0f} ms | {slowest * 1000:.0f} ms | {per_stream:.0f} | {total:.0f} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default="", help="a chat checkpoint (default: out/darija_sft if present)")
@@ -174,6 +237,7 @@ def main():
         long_model = GPT(GPTConfig(**{**vars(model.config), "block_size": a.long_context}))
         long_model.load_state_dict(model.state_dict())
         multi_turn(long_model.eval(), tok, a.answer_tokens, a.turns)
+    served(model, tok, a.answer_tokens)
 
 
 if __name__ == "__main__":
