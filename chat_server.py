@@ -58,7 +58,6 @@ def make_server(reply, model_name, host="127.0.0.1", port=8000, api_key=""):
     ValueError for messages it refuses (or ApiError); stats holds prompt, tokens and finish once
     the pieces end."""
     server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
     server.reply, server.model_name, server.api_key = reply, model_name, api_key
     server.lock = threading.Lock()
     with open(PAGE, "rb") as f:

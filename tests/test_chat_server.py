@@ -1,5 +1,5 @@
 """chat.py --serve (chat_server.py, chat.html), driven by real clients against real servers (about
-30 s on 2 CPU cores, the browser included):
+25 s of CPU, the browser included; twice that in wall time on a busy 2-core machine):
 - the official `openai` package: a non-streamed and a streamed greedy completion equal to
   `chat.py --prompt ... --temperature 0` (with a system prompt, and user text that spells
   <|assistant|>, which stays plain text: the prompt's token count says so);
@@ -10,7 +10,8 @@
 - --api_key (from the environment) on every route but /health and the page; the warning for 0.0.0.0;
 - the page in headless Chromium (selenium): an Arabizi then an Arabic-script exchange stream in,
   bubbles take their text's direction (the Arabic answer computes to rtl), no U+FFFD, Shift+Enter,
-  New chat; its screenshot is saved (CHAT_SCREENSHOT=docs/chat_page.png writes the README's).
+  New chat; its screenshot is saved (CHAT_SCREENSHOT=docs/chat_page.png writes the README's); on
+  the server with a key, the page asks for it, and Stop ends an endless answer on the server.
 The model is made here: a tiny tokenizer and a one-layer GPT trained in about 6 s to answer Arabic
 script with ANSWER_AR and Arabizi with ANSWER_LATIN, so nothing depends on the other stages."""
 import hashlib
@@ -352,8 +353,9 @@ def browser():
 def test_page_in_a_browser_streams_and_gives_each_bubble_its_direction(servers, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
-    chat, _ = servers
+    chat, endless = servers
     page = browser()
     try:
         page.get(chat.url + "/")
@@ -378,6 +380,21 @@ def test_page_in_a_browser_streams_and_gives_each_bubble_its_direction(servers, 
         page.save_screenshot(os.environ.get("CHAT_SCREENSHOT") or str(tmp_path / "chat_page.png"))
         page.find_element(By.ID, "new-chat").click()
         assert not page.find_elements(By.CSS_SELECTOR, ".msg")
+        page.get(endless.url + "/")  # the key, then Stop
+        page.find_element(By.ID, "toggle-settings").click()
+        page.find_element(By.ID, "temperature").clear()
+        page.find_element(By.ID, "temperature").send_keys("0")  # greedy: the answer never ends
+        page.find_element(By.ID, "input").send_keys("salam", Keys.ENTER)
+        alert = WebDriverWait(page, 30).until(expected_conditions.alert_is_present())
+        alert.send_keys(KEY)
+        alert.accept()
+        answer = page.find_elements(By.CSS_SELECTOR, ".msg")[1]
+        WebDriverWait(page, 60).until(lambda p: len(answer.text) > 40)  # streaming
+        page.find_element(By.ID, "send").click()  # Stop
+        WebDriverWait(page, 30).until(lambda p: answer.get_attribute("data-done"))
+        assert page.find_element(By.CSS_SELECTOR, ".meta").text == "stopped"
+        assert answer.text.startswith(ANSWER_LATIN) and page.find_element(By.ID, "model").text == "model: endless"
+        WebDriverWait(page, 30).until(lambda p: endless.text.count("the client left") == 2)
     finally:
         page.quit()
 
