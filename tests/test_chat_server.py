@@ -46,7 +46,8 @@ def conversation(rng):
     messages = [{"role": "system", "content": " ".join(rng.choices(LATIN, k=4))}] if rng.random() < 0.3 else []
     for _ in range(rng.randint(1, 3)):
         arabic = rng.random() < 0.5
-        messages += [{"role": "user", "content": " ".join(rng.choices(ARABIC if arabic else LATIN, k=rng.randint(1, 6)))},
+        question = " ".join(rng.choices(ARABIC if arabic else LATIN, k=rng.randint(1, 6)))
+        messages += [{"role": "user", "content": question},
                      {"role": "assistant", "content": ANSWER_AR if arabic else ANSWER_LATIN}]
     return messages
 
@@ -201,7 +202,8 @@ def test_concurrent_streams_each_get_their_own_answer(servers):
     requests = [{"messages": [{"role": "user", "content": (ARABIC if i % 2 else LATIN)[i]}], "temperature": 0,
                  "max_tokens": 3 + i} for i in range(8)]
     alone = [chat.stream(r)[0] for r in requests]
-    assert len(set(alone)) == 8 and all((ANSWER_AR if i % 2 else ANSWER_LATIN).startswith(a) for i, a in enumerate(alone))
+    assert len(set(alone)) == 8
+    assert all((ANSWER_AR if i % 2 else ANSWER_LATIN).startswith(a) for i, a in enumerate(alone))
     together, start = [None] * 8, threading.Barrier(8)
 
     def client(i):
@@ -216,8 +218,8 @@ def test_concurrent_streams_each_get_their_own_answer(servers):
     assert [t for t, _ in together] == alone
     assert all(chunks[-1]["choices"][0]["finish_reason"] == "length" for _, chunks in together)
     # the whole answer streamed, then cut at a stop string (which is not sent); usage on request
-    text, chunks = chat.stream({"messages": [{"role": "user", "content": "سلام"}], "temperature": 0, "stop": ["نقدر", "x"],
-                                "stream_options": {"include_usage": True}})
+    text, chunks = chat.stream({"messages": [{"role": "user", "content": "سلام"}], "temperature": 0,
+                                "stop": ["نقدر", "x"], "stream_options": {"include_usage": True}})
     assert text == ANSWER_AR.split("نقدر")[0]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["prompt_tokens"] > 0
     seeded = {"messages": [{"role": "user", "content": "salam"}], "temperature": 2, "seed": 7, "max_tokens": 30}
@@ -279,7 +281,8 @@ def user(text):
     ({"messages": ["salam"]}, 422, "messages[0].role must be one of"),
     ({"messages": [{"role": "user", "content": 5}]}, 422, "messages[0].content must be a string"),
     ({"messages": [{"role": "user", "content": ""}]}, 422, "message 0 (user): content must be a non-empty string"),
-    ({"messages": [{"role": "assistant", "content": "salam"}]}, 422, "message 0: expected role 'user', got 'assistant'"),
+    ({"messages": [{"role": "assistant", "content": "salam"}]}, 422,
+     "message 0: expected role 'user', got 'assistant'"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 422,
      "message 1: expected role 'assistant', got 'user'"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, 422,
