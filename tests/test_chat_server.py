@@ -222,6 +222,8 @@ def test_concurrent_streams_each_get_their_own_answer(servers):
                                 "stop": ["نقدر", "x"], "stream_options": {"include_usage": True}})
     assert text == ANSWER_AR.split("نقدر")[0]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["prompt_tokens"] > 0
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "salam"}]}], "temperature": 0}
+    assert chat.request("POST", "/v1/chat/completions", parts)[1]["choices"][0]["message"]["content"] == ANSWER_LATIN
     seeded = {"messages": [{"role": "user", "content": "salam"}], "temperature": 2, "seed": 7, "max_tokens": 30}
     first, second = (chat.request("POST", "/v1/chat/completions", seeded)[1]["choices"][0]["message"]["content"]
                      for _ in range(2))
@@ -404,8 +406,8 @@ def test_page_in_a_browser_streams_and_gives_each_bubble_its_direction(servers, 
 
 def test_engine_keeps_the_cache_across_requests_and_serves_base_models(work):
     """What --serve asks of chat.py's Session, in-process: a request that repeats the conversation
-    and adds a turn prefills only the new part; a stream closed early is remembered; a base model
-    continues the last message."""
+    and adds a turn prefills only the new part; a stream closed early is remembered; max_tokens is
+    capped at --max_new_tokens; a base model continues the last message."""
     import chat
     from model import load_checkpoint, model_from_checkpoint
     tok = Tokenizer.load(work / "tokenizer.json")
@@ -424,6 +426,12 @@ def test_engine_keeps_the_cache_across_requests_and_serves_base_models(work):
     assert session.messages[-1] == {"role": "assistant", "content": sent} and ANSWER_LATIN.startswith(sent)
     with pytest.raises(ValueError, match="the last message must have role 'user'"):
         session.take(second[:2])
+    server = chat.make_server(session, chat.parse_args(["--max_new_tokens", "4", "--port", "0"]), "chat")
+    try:  # the reply --serve hands chat_server: a request's max_tokens is capped at --max_new_tokens
+        pieces, stats = server.reply(first, {"temperature": 0, "top_p": None, "max_tokens": 100, "seed": None})
+        assert ANSWER_LATIN.startswith("".join(pieces)) and (stats["tokens"], stats["finish"]) == (4, "length")
+    finally:
+        server.server_close()
     base = chat.Session(model, tok, False, chat.parse_args(["--temperature", "0", "--max_new_tokens", "5"]))
     assert "".join(base.stream(base.take(second))) == "".join(base.stream(base.take(second[-1:])))
     assert base.stats["prompt"] == 1 + len(tok.encode_ordinary("سلام"))  # <|endoftext|> and the message alone
