@@ -90,7 +90,7 @@ def parse_request(body):
     """The JSON body of /v1/chat/completions -> (messages, settings, stops, stream, include_usage)."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ApiError(400, f"the body is not valid JSON: {e}")
     if not isinstance(data, dict):
         raise ApiError(422, "the body must be a JSON object with 'messages'")

@@ -274,6 +274,7 @@ def user(text):
 @pytest.mark.parametrize("body, status, says", [
     (b'{"messages": [', 400, "the body is not valid JSON"),
     (b"\xff\xfe", 400, "the body is not valid JSON"),
+    (b"[" * 100_000, 400, "the body is not valid JSON: maximum recursion depth exceeded"),
     ([1, 2], 422, "the body must be a JSON object"),
     ({}, 422, "'messages' must be a non-empty list"),
     ({"messages": "salam"}, 422, "'messages' must be a non-empty list"),
