@@ -38,6 +38,7 @@ import os
 import shlex
 import shutil
 import sys
+from dataclasses import fields
 
 import torch
 
@@ -56,6 +57,7 @@ EXPORT_FILES = ("config.json", "model.safetensors", "generation_config.json", "t
                 "tokenizer_config.json", "README.md")
 RMS_NORM_EPS = 1e-6         # model.py's norm()
 CHAT_DEFAULTS = dict(temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=256)  # chat.py's flags
+NOT_SETTINGS = ("force", "adapter", "adapter_sha256", "base", "base_sha256", "step", "val_loss")  # lora_merged notes
 LICENCES = {"wikimedia/wikipedia": "CC BY-SA 4.0 / GFDL", "alielfilali01/Darija-Stories-Dataset": "CC BY-NC",
             "atlasia/darija_english": "CC BY-NC 4.0", "data/sample/pretrain": "written for darija-gpt (its licence)"}
 
@@ -83,13 +85,16 @@ def check_output(folder):
 # --- 2. the architecture --------------------------------------------------------------------------
 def check_mappable(ckpt):
     """Every model setting must have an exact equivalent in transformers; name the first one that does not."""
-    known = {f.name for f in GPTConfig.__dataclass_fields__.values()}
+    known = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(ckpt["model_config"]) - known)
     if unknown:
         settings = ", ".join(f"{key}={ckpt['model_config'][key]!r}" for key in unknown)
         fail(f"the checkpoint's model_config sets {settings}, "
              f"which export.py has no exact transformers equivalent for: the export would not compute the same logits")
-    config = GPTConfig(**ckpt["model_config"])
+    try:
+        config = GPTConfig(**ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        fail(f"the checkpoint's model_config is not valid for model.py: {e}")
     if config.mlp not in ("swiglu", "relu2"):
         fail(f"mlp={config.mlp!r} has no exact transformers equivalent (swiglu and relu2 have)")
     return config
@@ -199,8 +204,8 @@ def tokenizer_config(tok, eos, block_size):
 # --- 5. the model card ----------------------------------------------------------------------------
 def as_command(script, settings):
     """The command that reproduces a run: every setting it ran with, as --key=value."""
-    args = [f"--{key}={value!r}" if not isinstance(value, str) else f"--{key}={value}"
-            for key, value in settings.items() if key != "force"]
+    args = [f"--{key}={value}" if isinstance(value, str) else f"--{key}={value!r}"
+            for key, value in settings.items() if key not in NOT_SETTINGS]
     return " \\\n    ".join([f"python {script}", *map(shlex.quote, args)])
 
 
@@ -218,14 +223,24 @@ def lineage(ckpt, path):
             return chain
 
 
-def model_card(name, ckpt, path, tok, tok_path, c, n_params, arch):
+def read_json(path):  # {} when absent or unreadable: the card says less, the export goes on
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def model_card(name, folder, ckpt, path, tok, tok_path, c, n_params, arch):
+    """README.md: what the model is, its data and their licences, how it was trained and how well, how to load it."""
     meta_path = os.path.join(os.path.dirname(tok_path), "meta.json")
-    meta = json.load(open(meta_path, encoding="utf-8")) if os.path.isfile(meta_path) else {}
+    meta = read_json(meta_path)
     chain = lineage(ckpt, path)
+    role = "a base model: it continues text" if ckpt["kind"] == "base" else "a chat model (use the chat template)"
     lines = [f"# {name}", "",
-             f"A small decoder-only language model ({n_params / 1e6:.1f}M parameters), trained from scratch with "
-             f"darija-gpt on Moroccan Darija (Arabic script and Arabizi). Checkpoint kind: "
-             f"`{ckpt['kind']}` ({'a chat model: it answers in the chat template' if ckpt['kind'] != 'base' else 'a base model: it continues text'}).",
+             f"A small decoder-only language model ({n_params / 1e6:.1f}M parameters) trained from scratch with "
+             f"darija-gpt, for Moroccan Darija (Arabic script and Arabizi). Checkpoint kind `{ckpt['kind']}`: {role}.",
              "", "## Architecture", "",
              f"`{arch}`: {c.n_layer} layers, {c.n_embd} wide, {c.n_head} attention heads ({c.n_kv_head} key/value "
              f"heads), MLP {c.mlp} {c.mlp_hidden} wide, RoPE (theta {c.rope_theta:g}), RMSNorm (eps {RMS_NORM_EPS:g}), "
@@ -238,7 +253,7 @@ def model_card(name, ckpt, path, tok, tok_path, c, n_params, arch):
         licence = next((v for k, v in LICENCES.items() if str(where).startswith(k)), "see the source")
         lines.append(f"- `{where}`: {source.get('docs_kept', '?'):,} documents kept; licence: {licence}")
     if not meta:
-        lines.append(f"Not recorded ({meta_path} is missing).")
+        lines.append(f"Not recorded ({meta_path} is missing or unreadable).")
     if meta.get("fallback_used"):
         lines.append("- the hub could not be reached: trained on the project's sample corpus")
     lines += ["", "## Training", ""]
@@ -257,22 +272,22 @@ def model_card(name, ckpt, path, tok, tok_path, c, n_params, arch):
             line += f", validation loss {stage['best_val_loss']:.4f} on its SFT data"
         lines.append(line)
     metrics_path = os.path.join(os.path.dirname(load_path(path)), "metrics.json")
-    if os.path.isfile(metrics_path):
-        metrics = json.load(open(metrics_path, encoding="utf-8"))
-        scores = metrics.get("sft") or metrics.get("lora") or {}
-        lines += ["", "Task scores (chrF of greedy answers on held-out items, eval.py):", ""]
-        lines += [f"- {task}: {s['chrf']} on {s['items']} items" for task, s in scores.items()]
+    metrics = read_json(metrics_path)
+    scores = metrics.get("sft") or metrics.get("lora") or {}  # what sft.py or lora.py scored (eval.py)
+    if scores:
+        lines += ["", f"Task scores recorded in {metrics_path} (chrF of greedy answers on held-out items):", ""]
+        lines += [f"- {task}: {s.get('chrf')} on {s.get('items')} items" for task, s in scores.items()]
     lines += ["", "## How it was made", "", "```"]
     if meta.get("settings"):
         lines.append(as_command("prepare.py", meta["settings"]))
     scripts = {"base": "pretrain.py", "sft": "sft.py", "lora_merged": "lora.py"}
-    lines += [as_command(scripts[stage["kind"]], stage.get("config") or {}) for _, stage in chain]
-    lines += [f"python export.py {path}", "```", "", "## Load it", "", "```python",
-              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model, tok = AutoModelForCausalLM.from_pretrained(FOLDER), AutoTokenizer.from_pretrained(FOLDER)",
-              "ids = tok.apply_chat_template([{'role': 'user', 'content': 'salam'}], add_generation_prompt=True, "
-              "return_tensors='pt')" if ckpt["kind"] != "base" else "ids = tok('salam', return_tensors='pt').input_ids",
-              "print(tok.decode(model.generate(ids, max_new_tokens=64)[0]))", "```", ""]
+    lines += [as_command(scripts.get(stage["kind"], "?"), stage.get("config") or {}) for _, stage in chain]
+    ask = ('[{"role": "user", "content": "salam, kidayr?"}], max_new_tokens=64)[0]["generated_text"][-1]["content"]'
+           if ckpt["kind"] != "base" else '"salam", max_new_tokens=64)[0]["generated_text"]')
+    lines += [f"python export.py {path}", "```", "", "## Load it", "",
+              "With `pip install transformers` (no custom code), from this folder or its name on the hub:", "",
+              "```python", "from transformers import pipeline", f'generate = pipeline("text-generation", "{folder}")',
+              f"print(generate({ask})", "```", ""]
     return "\n".join(lines)
 
 
@@ -308,7 +323,7 @@ def main():
     generation = {"bos_token_id": eot_id, "eos_token_id": stops, "pad_token_id": eot_id, "do_sample": True,
                   **CHAT_DEFAULTS}
     n_params = sum(w.numel() for name, w in weights.items() if not name.endswith("norm.weight"))
-    card = model_card(folder_name(os.path.abspath(path)), ckpt, path, tok, tok_path, c, n_params,
+    card = model_card(folder_name(os.path.abspath(path)), folder, ckpt, path, tok, tok_path, c, n_params,
                       config["architectures"][0])
 
     claim(folder)

@@ -1,9 +1,9 @@
 """export.py: the folder it writes loads in Hugging Face transformers (no custom code) and computes what ours
 computes: logits within 1e-4 (SwiGLU -> Llama, ReLU² -> Arcee, with and without grouped-query attention),
 tokenizer ids equal bpe.py's (hard strings, each named split pattern, 200 documents of ../shared when present),
-the chat template equal to render_for_completion, greedy generate equal to chat.py --temperature 0; the
-README's snippet runs; the model card; and one line for each bad input. The models are made here: random
-ones for the logits, and a small one trained in seconds to answer three prompts three different ways."""
+the chat template equal to render_for_completion, greedy generate equal to ours (and, slow, to chat.py
+--temperature 0); the model card; one line for each bad input; (slow) the README's snippet runs. The models
+are made here: random ones for the logits, one trained in seconds to answer three prompts three ways."""
 import hashlib
 import json
 import os
@@ -62,7 +62,8 @@ def save(work, name, model, kind="base"):
     tok_path = work / "data" / "t" / "tokenizer.json"
     save_checkpoint(work / "out" / name / "best.pt", model, kind=kind, step=7, best_val_loss=2.0,
                     config={"dataset": "t", "batch_size": 4, "block_size": 32},
-                    tokenizer="data/t/tokenizer.json", tokenizer_sha256=hashlib.sha256(tok_path.read_bytes()).hexdigest())
+                    tokenizer="data/t/tokenizer.json",
+                    tokenizer_sha256=hashlib.sha256(tok_path.read_bytes()).hexdigest())
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,8 @@ def tokenizer_folder(tmp_path, tok, eos="<|end|>"):
     """tokenizer.json and tokenizer_config.json as export.py writes them, loaded with AutoTokenizer."""
     import export
     (tmp_path / "tokenizer.json").write_text(json.dumps(export.tokenizer_json(tok)), encoding="utf-8")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(export.tokenizer_config(tok, eos, 1 << 16)), encoding="utf-8")
+    config = export.tokenizer_config(tok, eos, 1 << 16)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return AutoTokenizer.from_pretrained(tmp_path)
 
 
@@ -187,22 +189,45 @@ def test_chat_template_equals_render_for_completion(tmp_path):
 
 
 # --- the whole export -----------------------------------------------------------------------------
-def test_greedy_generate_equals_chat_py(work, monkeypatch):
+PROMPTS = ["salam kidayr", "chno smitek", "شكرا بزاف"]
+
+
+def hf_greedy(model, tok, prompt, max_new_tokens=24):
+    """The answer transformers gives greedily to one user message: (ids, text)."""
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)[0, ids.size(1):].tolist()
+    return out, tok.decode(out, skip_special_tokens=True)
+
+
+def test_greedy_generate_equals_ours(work, monkeypatch):
+    """transformers' greedy answers are model.generate's at temperature 0, as chat.py runs it (below)."""
     work, tok = work
     export(work, monkeypatch, "out/chat", "--force")
-    hf = AutoModelForCausalLM.from_pretrained(work / "export" / "chat").eval()
-    hf_tok = AutoTokenizer.from_pretrained(work / "export" / "chat")
-    prompts = ["salam kidayr", "chno smitek", "شكرا بزاف"]
+    ckpt = torch.load(work / "out" / "chat" / "best.pt", weights_only=True)
+    ours = GPT(GPTConfig(**ckpt["model_config"]))
+    ours.load_state_dict(ckpt["model"])
+    stops = set(tok.special_tokens.values())
+    folder = work / "export" / "chat"
+    hf, hf_tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    for prompt, expected in zip(PROMPTS, ANSWERS.values()):
+        out, answer = hf_greedy(hf, hf_tok, prompt)
+        assert out == list(ours.generate(tok.render_for_completion([{"role": "user", "content": prompt}]), 24,
+                                         temperature=0, stop_ids=stops))
+        assert answer == expected and out[-1] == tok.special_tokens["<|end|>"], (prompt, answer)  # stopped there
+
+
+@pytest.mark.slow
+def test_greedy_generate_equals_chat_py(work, monkeypatch):
+    work, _ = work
+    export(work, monkeypatch, "out/chat", "--out_dir=export/chat_py", "--force")
     runs = [subprocess.Popen([sys.executable, str(ROOT / "chat.py"), "--ckpt", "out/chat", "--prompt", prompt,
                               "--temperature", "0", "--max_new_tokens", "24"], cwd=work, stdout=subprocess.PIPE,
-                             text=True, encoding="utf-8", env={**os.environ, **ENV}) for prompt in prompts]
-    for prompt, run, expected in zip(prompts, runs, ANSWERS.values()):
-        ids = hf_tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         return_tensors="pt", return_dict=True)["input_ids"]
-        out = hf.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.size(1):].tolist()
-        answer = hf_tok.decode(out, skip_special_tokens=True)
-        assert run.communicate(timeout=120)[0] == answer + "\n" and answer == expected, (prompt, answer)
-        assert out[-1] == tok.special_tokens["<|end|>"]  # it stopped where chat.py stops
+                             text=True, encoding="utf-8", env={**os.environ, **ENV}) for prompt in PROMPTS]
+    folder = work / "export" / "chat_py"
+    hf, hf_tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    for prompt, run in zip(PROMPTS, runs):
+        assert run.communicate(timeout=120)[0] == hf_greedy(hf, hf_tok, prompt)[1] + "\n", prompt
 
 
 def test_files_and_model_card(work, monkeypatch):
@@ -216,25 +241,40 @@ def test_files_and_model_card(work, monkeypatch):
     assert generation["eos_token_id"][0] == tok.special_tokens["<|end|>"]
     card = (folder / "README.md").read_text(encoding="utf-8")
     for wanted in ["ArceeForCausalLM", "2 layers", "`wikimedia/wikipedia`: 1,234 documents kept; licence: CC BY-SA",
-                   "python sft.py \\\n    --dataset=t", "python export.py out/chat", "apply_chat_template"]:
+                   "python sft.py \\\n    --dataset=t", "python export.py out/chat",
+                   'pipeline("text-generation", "export/card")']:
         assert wanted in card, wanted
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
     save(work, "base", base)
     export(work, monkeypatch, "out/base")
     card = (work / "export" / "base" / "README.md").read_text(encoding="utf-8")
-    assert "7 steps, 896 tokens seen, validation loss 2.0000 (0.721 bits per byte)" in card  # 7 x 4 x 32; 2 x 1000 / 4000 / ln 2
+    # 7 steps x 4 rows x 32 tokens; 2.0 nats x 1000 tokens / 4000 bytes / ln 2
+    assert "7 steps, 896 tokens seen, validation loss 2.0000 (0.721 bits per byte)" in card
     assert json.loads((work / "export" / "base" / "generation_config.json").read_text())["eos_token_id"] == tok.eot_id
+    # a LoRA-merged checkpoint exports like any other; its card goes back to the base it was merged into
+    ckpt = torch.load(work / "out" / "chat" / "best.pt", weights_only=True)
+    torch.save({**ckpt, "kind": "lora_merged", "config": {"base": "out/base/best.pt", "rank": 2, "step": 5}},
+               work / "merged.pt")
+    export(work, monkeypatch, "merged.pt", "--out_dir=export/merged")
+    card = (work / "export" / "merged" / "README.md").read_text(encoding="utf-8")
+    assert card.index("python pretrain.py") < card.index("python lora.py \\\n    --rank=2\n")
+    assert json.loads((work / "export" / "merged" / "config.json").read_text())["eos_token_id"] == \
+        tok.special_tokens["<|end|>"]
 
 
-def test_readme_snippet_loads_the_export(work, monkeypatch):
-    """The README's three lines, run as written (after the export they follow)."""
+@pytest.mark.slow
+def test_readme_and_model_card_snippets_load_the_export(work, monkeypatch):
+    """The README's three lines and the model card's, run as written (after the export they follow)."""
     work, _ = work
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     snippet = re.search(r"```python\n(from transformers import pipeline\n.*?)```", readme, re.S).group(1)
     assert len(snippet.strip().splitlines()) == 3
     folder = re.search(r'"(export/\w+)"', snippet).group(1)
     export(work, monkeypatch, "out/chat", f"--out_dir={folder}", "--force")
-    r = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=300)
+    card = (work / folder / "README.md").read_text(encoding="utf-8")
+    card_snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", snippet + card_snippet], cwd=work, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
 
 
