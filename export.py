@@ -58,7 +58,7 @@ EXPORT_FILES = ("config.json", "model.safetensors", "generation_config.json", "t
 RMS_NORM_EPS = 1e-6         # model.py's norm()
 CHAT_DEFAULTS = dict(temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=256)  # chat.py's flags
 NOT_SETTINGS = ("force", "adapter", "adapter_sha256", "base", "base_sha256", "step", "val_loss")  # lora_merged notes
-LICENCES = {"wikimedia/wikipedia": "CC BY-SA 4.0 / GFDL", "alielfilali01/Darija-Stories-Dataset": "CC BY-NC",
+LICENCES = {"wikimedia/wikipedia": "CC BY-SA / GFDL", "alielfilali01/Darija-Stories-Dataset": "CC BY-NC",
             "atlasia/darija_english": "CC BY-NC 4.0", "data/sample/pretrain": "written for darija-gpt (its licence)"}
 
 
