@@ -201,6 +201,14 @@ def tokenizer_config(tok, eos, block_size):
             **({"chat_template": CHAT_TEMPLATE} if has_chat else {})}
 
 
+# --- 4. generation --------------------------------------------------------------------------------
+def generation_config(tok, eos_id, chat):
+    """chat.py's sampling defaults; a chat model stops at eos (<|end|>), then at any special token, as in chat.py."""
+    stops = [eos_id] + sorted(set(tok.special_tokens.values()) - {eos_id}) if chat else eos_id
+    return {"bos_token_id": tok.eot_id, "eos_token_id": stops, "pad_token_id": tok.eot_id, "do_sample": True,
+            **CHAT_DEFAULTS}
+
+
 # --- 5. the model card ----------------------------------------------------------------------------
 def as_command(script, settings):
     """The command that reproduces a run: every setting it ran with, as --key=value."""
@@ -316,12 +324,10 @@ def main():
         fail(f"the tokenizer has {tok.vocab_size} ids but the model only {c.vocab_size}: not a pair trained together")
     chat = ckpt["kind"] != "base"
     eos = "<|end|>" if chat and "<|end|>" in tok.special_tokens else "<|endoftext|>"
-    eos_id, eot_id = tok.special_tokens[eos], tok.eot_id
+    eos_id = tok.special_tokens[eos]
     weights = hf_weights(ckpt["model"], c)
-    config = hf_config(c, eos_id, eot_id)
-    stops = [eos_id] + sorted(set(tok.special_tokens.values()) - {eos_id}) if chat else eos_id  # as chat.py
-    generation = {"bos_token_id": eot_id, "eos_token_id": stops, "pad_token_id": eot_id, "do_sample": True,
-                  **CHAT_DEFAULTS}
+    config = hf_config(c, eos_id, tok.eot_id)
+    generation = generation_config(tok, eos_id, chat)
     n_params = sum(w.numel() for name, w in weights.items() if not name.endswith("norm.weight"))
     card = model_card(folder_name(os.path.abspath(path)), folder, ckpt, path, tok, tok_path, c, n_params,
                       config["architectures"][0])
