@@ -22,6 +22,7 @@ pytest.importorskip("safetensors", reason="export.py writes model.safetensors (r
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import configurator  # noqa: E402
+import export  # noqa: E402
 from bpe import PATTERNS, Tokenizer  # noqa: E402
 from conftest import ROOT, SHARED  # noqa: E402
 from model import GPT, GPTConfig, norm, save_checkpoint  # noqa: E402
@@ -85,12 +86,17 @@ def work(tmp_path_factory):
     return d, tok
 
 
-def export(work, monkeypatch, *args):
+def run_export(work, monkeypatch, *args):
     """Run export.py in-process (fast) in `work`; its folder locks are released after the run."""
     monkeypatch.chdir(work)
     monkeypatch.setattr(sys, "argv", ["export.py", *args])
     locks, real_claim = [], configurator.claim
-    monkeypatch.setattr(configurator, "claim", lambda folder: locks.append(real_claim(folder)) or locks[-1])
+
+    def claim_and_remember(folder):
+        locks.append(real_claim(folder))
+        return locks[-1]
+
+    monkeypatch.setattr(configurator, "claim", claim_and_remember)
     try:
         runpy.run_path(str(ROOT / "export.py"), run_name="__main__")
     finally:
@@ -100,7 +106,7 @@ def export(work, monkeypatch, *args):
 
 def refused(work, monkeypatch, *args):
     with pytest.raises(SystemExit) as e:
-        export(work, monkeypatch, *args)
+        run_export(work, monkeypatch, *args)
     message = str(e.value.code)
     assert message.startswith("export.py: ") and "\n" not in message, message
     return message
@@ -119,7 +125,7 @@ def test_logits_equal_ours(work, monkeypatch, mlp, n_kv_head, tied):
             p.normal_(0, 0.2)
     name = f"{mlp}{n_kv_head}{tied}"
     save(work, name, ours)
-    export(work, monkeypatch, f"out/{name}")
+    run_export(work, monkeypatch, f"out/{name}")
     hf = AutoModelForCausalLM.from_pretrained(f"export/{name}").eval()
     assert type(hf).__name__ == ("LlamaForCausalLM" if mlp == "swiglu" else "ArceeForCausalLM")
     idx = torch.randint(0, tok.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -132,7 +138,6 @@ def test_logits_equal_ours(work, monkeypatch, mlp, n_kv_head, tied):
 
 def test_norm_epsilon_is_ours():
     """At tiny activations the epsilon decides the norm: transformers' RMSNorm must use model.py's."""
-    import export
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     x = torch.randn(3, 64) * 1e-3
     eps = export.hf_config(GPTConfig(), 0, 0)["rms_norm_eps"]
@@ -142,7 +147,6 @@ def test_norm_epsilon_is_ours():
 # --- the tokenizer --------------------------------------------------------------------------------
 def tokenizer_folder(tmp_path, tok, eos="<|end|>"):
     """tokenizer.json and tokenizer_config.json as export.py writes them, loaded with AutoTokenizer."""
-    import export
     (tmp_path / "tokenizer.json").write_text(json.dumps(export.tokenizer_json(tok)), encoding="utf-8")
     config = export.tokenizer_config(tok, eos, 1 << 16)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -203,7 +207,7 @@ def hf_greedy(model, tok, prompt, max_new_tokens=24):
 def test_greedy_generate_equals_ours(work, monkeypatch):
     """transformers' greedy answers are model.generate's at temperature 0, as chat.py runs it (below)."""
     work, tok = work
-    export(work, monkeypatch, "out/chat", "--force")
+    run_export(work, monkeypatch, "out/chat", "--force")
     ckpt = torch.load(work / "out" / "chat" / "best.pt", weights_only=True)
     ours = GPT(GPTConfig(**ckpt["model_config"]))
     ours.load_state_dict(ckpt["model"])
@@ -220,7 +224,7 @@ def test_greedy_generate_equals_ours(work, monkeypatch):
 @pytest.mark.slow
 def test_greedy_generate_equals_chat_py(work, monkeypatch):
     work, _ = work
-    export(work, monkeypatch, "out/chat", "--out_dir=export/chat_py", "--force")
+    run_export(work, monkeypatch, "out/chat", "--out_dir=export/chat_py", "--force")
     runs = [subprocess.Popen([sys.executable, str(ROOT / "chat.py"), "--ckpt", "out/chat", "--prompt", prompt,
                               "--temperature", "0", "--max_new_tokens", "24"], cwd=work, stdout=subprocess.PIPE,
                              text=True, encoding="utf-8", env={**os.environ, **ENV}) for prompt in PROMPTS]
@@ -232,7 +236,7 @@ def test_greedy_generate_equals_chat_py(work, monkeypatch):
 
 def test_files_and_model_card(work, monkeypatch):
     work, tok = work
-    export(work, monkeypatch, "out/chat", "--out_dir=export/card")
+    run_export(work, monkeypatch, "out/chat", "--out_dir=export/card")
     folder = work / "export" / "card"
     assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", "model.safetensors", "README.md",
                                                                "generation_config.json", "tokenizer.json",
@@ -246,7 +250,7 @@ def test_files_and_model_card(work, monkeypatch):
         assert wanted in card, wanted
     base = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
     save(work, "base", base)
-    export(work, monkeypatch, "out/base")
+    run_export(work, monkeypatch, "out/base")
     card = (work / "export" / "base" / "README.md").read_text(encoding="utf-8")
     # 7 steps x 4 rows x 32 tokens; 2.0 nats x 1000 tokens / 4000 bytes / ln 2
     assert "7 steps, 896 tokens seen, validation loss 2.0000 (0.721 bits per byte)" in card
@@ -255,7 +259,7 @@ def test_files_and_model_card(work, monkeypatch):
     ckpt = torch.load(work / "out" / "chat" / "best.pt", weights_only=True)
     torch.save({**ckpt, "kind": "lora_merged", "config": {"base": "out/base/best.pt", "rank": 2, "step": 5}},
                work / "merged.pt")
-    export(work, monkeypatch, "merged.pt", "--out_dir=export/merged")
+    run_export(work, monkeypatch, "merged.pt", "--out_dir=export/merged")
     card = (work / "export" / "merged" / "README.md").read_text(encoding="utf-8")
     assert card.index("python pretrain.py") < card.index("python lora.py \\\n    --rank=2\n")
     assert json.loads((work / "export" / "merged" / "config.json").read_text())["eos_token_id"] == \
@@ -263,14 +267,14 @@ def test_files_and_model_card(work, monkeypatch):
 
 
 @pytest.mark.slow
-def test_readme_and_model_card_snippets_load_the_export(work, monkeypatch):
+def test_readme_and_model_card_snippets_load_the_run_export(work, monkeypatch):
     """The README's three lines and the model card's, run as written (after the export they follow)."""
     work, _ = work
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     snippet = re.search(r"```python\n(from transformers import pipeline\n.*?)```", readme, re.S).group(1)
     assert len(snippet.strip().splitlines()) == 3
     folder = re.search(r'"(export/\w+)"', snippet).group(1)
-    export(work, monkeypatch, "out/chat", f"--out_dir={folder}", "--force")
+    run_export(work, monkeypatch, "out/chat", f"--out_dir={folder}", "--force")
     card = (work / folder / "README.md").read_text(encoding="utf-8")
     card_snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     r = subprocess.run([sys.executable, "-c", snippet + card_snippet], cwd=work, capture_output=True, text=True,
