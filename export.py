@@ -247,7 +247,7 @@ def model_card(name, folder, ckpt, path, tok, tok_path, c, n_params, arch):
     chain = lineage(ckpt, path)
     role = "a base model: it continues text" if ckpt["kind"] == "base" else "a chat model (use the chat template)"
     lines = [f"# {name}", "",
-             f"A small decoder-only language model ({n_params / 1e6:.1f}M parameters) trained from scratch with "
+             f"A small decoder-only language model ({n_params:,} parameters) trained from scratch with "
              f"darija-gpt, for Moroccan Darija (Arabic script and Arabizi). Checkpoint kind `{ckpt['kind']}`: {role}.",
              "", "## Architecture", "",
              f"`{arch}`: {c.n_layer} layers, {c.n_embd} wide, {c.n_head} attention heads ({c.n_kv_head} key/value "
@@ -347,7 +347,7 @@ def main():
     if os.path.exists(folder):  # --force, checked above: an earlier export, nothing else
         shutil.rmtree(folder)
     os.replace(partial, folder)
-    print(f"wrote {folder}/ ({config['architectures'][0]}, {n_params / 1e6:.1f}M parameters, eos {eos}): "
+    print(f"wrote {folder}/ ({config['architectures'][0]}, {n_params:,} parameters, eos {eos}): "
           f"load it with AutoModelForCausalLM.from_pretrained({folder!r}) and AutoTokenizer.from_pretrained")
 
 
