@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import regex
 import torch
 
 transformers = pytest.importorskip("transformers", reason="export's checks need transformers (requirements-dev.txt)")
@@ -178,6 +179,31 @@ def test_tokenizer_ids_equal_bpe_on_shared_documents(tmp_path):
     for doc in docs[:200]:
         assert hf(doc)["input_ids"] == tok.encode_ordinary(doc), doc[:80]
         assert hf.decode(tok.encode_ordinary(doc)) == doc
+
+
+@pytest.mark.slow
+def test_split_differs_only_on_code_points_newer_than_unicode_14():
+    """Every code point, in several contexts: where Oniguruma (tokenizers) cuts text otherwise than bpe.py's
+    regex, the character is one that Unicode 14 (Python 3.11's unicodedata) had not assigned yet."""
+    import unicodedata
+    from tokenizers import Regex, pre_tokenizers
+    pattern = PATTERNS["darija"]
+    split = pre_tokenizers.Split(Regex(export.oniguruma_pattern(pattern)), behavior="isolated")
+    contexts = ["a", " ", "1", "\u064e", "  ", "\n", "'s", "\r\n", "!"]
+
+    def same(text):
+        return [t for t, _ in split.pre_tokenize_str(text)] == regex.findall(pattern, text)
+
+    def probe(c):  # the character in every context, then doubled and before a letter
+        return "".join(x + chr(c) for x in contexts) + chr(c) + chr(c) + "a"
+
+    differ = []
+    for start in range(0, 0x110000, 256):  # a block at a time; only a block that differs is searched
+        block = [c for c in range(start, start + 256) if not 0xD800 <= c < 0xE000]
+        if block and not same("".join(map(probe, block))):
+            differ += [c for c in block if not same(probe(c))]
+    print(f"{len(differ)} code points cut differently, from U+{differ[0]:04X}" if differ else "none")
+    assert unicodedata.unidata_version >= "14" and all(unicodedata.category(chr(c)) == "Cn" for c in differ)
 
 
 def test_chat_template_equals_render_for_completion(tmp_path):
