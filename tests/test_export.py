@@ -293,7 +293,7 @@ def test_files_and_model_card(work, monkeypatch):
 
 
 @pytest.mark.slow
-def test_readme_and_model_card_snippets_load_the_run_export(work, monkeypatch):
+def test_readme_and_model_card_snippets_load_the_export(work, monkeypatch):
     """The README's three lines and the model card's, run as written (after the export they follow)."""
     work, _ = work
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
