@@ -2,6 +2,7 @@
 and what it refuses: another folder's files, a second run, data with another tokenizer or settings."""
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -118,6 +119,51 @@ def test_train_and_resume_equals_uninterrupted(workdir):
     r = run(workdir, *common, "--max_iters=30", "--out_dir=out/part", "--init_from=resume")
     assert r.returncode == 0 and "resuming out/part/last.pt at step 10" in r.stdout
     assert losses(workdir / "out/part/log.jsonl") == full
+
+
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(workdir):
+    """float16 autocast + GradScaler (what a T4 or V100 trains in) on the CPU: the loss falls, and 10 steps +
+    resume to 20 equal 20 uninterrupted ones, the loss scale and its growth count included (kept in last.pt)."""
+    import torch
+    common = [*TINY, "--dtype=float16", "--eval_interval=10", "--lr_decay_iters=20"]
+    assert run(workdir, *common, "--max_iters=20", "--out_dir=out/full").returncode == 0
+    full = losses(workdir / "out/full/log.jsonl")
+    assert np.mean([v for _, v in full[-5:]]) < 0.8 * np.mean([v for _, v in full[:5]])
+    assert run(workdir, *common, "--max_iters=10", "--out_dir=out/part").returncode == 0
+    r = run(workdir, *common, "--max_iters=20", "--out_dir=out/part", "--init_from=resume")
+    assert r.returncode == 0 and "(float16)" in r.stdout, r.stderr
+    assert losses(workdir / "out/part/log.jsonl") == full
+    scalers = [torch.load(workdir / f"out/{run_}/last.pt", weights_only=True)["scaler"] for run_ in ("full", "part")]
+    assert scalers[0] == scalers[1] and scalers[0]["_growth_tracker"] > 0 and scalers[0]["scale"] > 0
+
+
+def test_speed_leaves_out_the_first_step(workdir, monkeypatch):
+    """tokens/s (and MFU, ETA) are timed after the first step, which compiles and warms up: a first step of
+    100 s (on a clock that jumps at its forward pass) must not show in the speed of the steps after it."""
+    import model
+    real_forward, real_time, offset = model.GPT.forward, time.time, [0.0]
+
+    def slow_first_forward(self, *args, **kwargs):
+        offset[0] = 100.0  # from the first forward on: 100 s later than the real clock
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.GPT, "forward", slow_first_forward)
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["pretrain.py", *TINY, "--max_iters=5", "--eval_interval=5", "--out_dir=out/t"])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        runpy.run_path(os.path.join(ROOT, "pretrain.py"), run_name="__main__")
+    finally:  # in-process: pretrain.py's signal handlers and out_dir lock would outlive it
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        if os.path.exists(workdir / "out/t.lock"):
+            os.remove(workdir / "out/t.lock")
+    with open(workdir / "out/t/log.jsonl") as f:
+        speeds = [r["tokens_per_sec"] for r in map(json.loads, f) if "loss" in r]
+    tokens_per_step = 8 * 32
+    # counting the first step, step 2 would average ~90 s a step (2.8 tokens/s); each real step takes under 20 s
+    assert speeds[0] is None and all(s > tokens_per_step / 20 for s in speeds[1:]), speeds
 
 
 @pytest.mark.slow
