@@ -195,6 +195,31 @@ def test_ddp_two_processes_match_one(workdir):
 
 
 @pytest.mark.slow
+def test_several_machines_must_share_out_dir(workdir, tmp_path_factory):
+    """Two "machines" (a process each, each its own working folder, so out/toy is not one folder): only rank 0
+    writes checkpoints, yet every process resumes from them; a one-line refusal, not a hang or a mix."""
+    import socket
+    other = tmp_path_factory.mktemp("machine2")
+    shutil.copytree(workdir / "data", other / "data")
+    shutil.copy(workdir / "corpus.txt", other)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *TINY, "--max_iters=2"], cwd=cwd,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2",
+                                   "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)})
+             for rank, cwd in enumerate((workdir, other))]
+    (_, first), (_, second) = (proc.communicate(timeout=120) for proc in procs)
+    assert [proc.returncode for proc in procs] == [1, 1] and second.strip() == "", second
+    assert first.strip().splitlines()[-1] == ("out_dir out/toy is not one folder shared by all machines (another "
+                                              "machine does not see the first one's out/toy.lock): put it on a "
+                                              "shared file system"), first
+    assert not (other / "out/toy").exists()
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(workdir):
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *TINY, "--max_iters=100000",
                              "--eval_interval=100000"], cwd=workdir, stdout=subprocess.PIPE, text=True)
