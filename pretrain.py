@@ -460,10 +460,11 @@ while it < max_iters:
     if master and (it % log_interval == 0 or it == max_iters):
         tok_s = tokens_per_step / dt if dt else None  # all processes together; the MFU is each GPU's
         mfu = estimate_mfu(raw_model, tok_s, peak, world) if peak and tok_s else None
-        speed = f" | {tok_s:,.0f} tok/s" + (f" | mfu {mfu:.1%}" if mfu else "") if tok_s else ""
-        eta = (max_iters - it) * (dt or 0)
-        log(f"step {it}/{max_iters} | loss {loss_val:.4f} | lr {lr:.2e}{speed} | eta {eta // 60:.0f}m{eta % 60:02.0f}s",
-            flush=True)
+        line = f"step {it}/{max_iters} | loss {loss_val:.4f} | lr {lr:.2e}"
+        if dt:  # unknown after the first step
+            eta = (max_iters - it) * dt
+            line += f" | {tok_s:,.0f} tok/s{f' | mfu {mfu:.1%}' if mfu else ''} | eta {eta // 60:.0f}m{eta % 60:02.0f}s"
+        log(line, flush=True)
         write_log({"iter": it, "loss": loss_val, "lr": lr, "tokens_per_sec": tok_s, "mfu": mfu})
     if master and (it % eval_interval == 0 or it == max_iters):
         result = evaluate()
