@@ -6,22 +6,20 @@ adapters learn the task on sft.py's dataset and loss. Section 1 is the LoRA laye
     python lora.py config/lora_darija.py --merge    # also out/darija_lora/best.pt, the merged model
     python chat.py --ckpt out/darija_small --adapter out/darija_lora/adapter.pt
 
-LoRA (Hu et al. 2021) freezes a linear layer W and learns y = W x + (alpha / r) B A x, A (r x in) and
-B (out x r) with r small. A starts like nn.Linear's weight and B at zero: a new adapter changes
-nothing. The scale is alpha / r (the freeCodeCamp course this project reworks, Imad Saddik's, used
-alpha), so changing r keeps the update's size and its learning rate. Merging folds the update into W:
-a plain GPT, as fast as the base. Targets name block linear layers by the end of their name ("c_proj"
-is attn.c_proj and mlp.c_proj). The head is never wrapped (the course did): a tied head is the
-embedding, which lora.py reaches by training chosen rows outright (token_ids, as PEFT's
+LoRA (Hu et al. 2021) freezes a linear layer W and learns y = W x + (alpha / r) B A x, A (r x in) and B (out x r)
+with r small. A starts like nn.Linear's weight and B at zero: a new adapter changes nothing. The scale is alpha / r
+(the freeCodeCamp course this project reworks, Imad Saddik's, used alpha), so changing r keeps the update's size and
+its learning rate. Merging folds the update into W: a plain GPT, as fast as the base. Targets name block linear
+layers by the end of their name ("c_proj" is attn.c_proj and mlp.c_proj). The head is never wrapped (the course
+did): a tied head is the embedding, which lora.py reaches by training chosen rows outright (token_ids, as PEFT's
 trainable_token_indices) and by a low-rank update of the whole matrix (embedding_rank, as loralib).
 
-The run: 1. load the base and hash its file (an adapter fits only the weights it was trained on);
-2. read the SFT dataset (`python sft.py --build_only` builds it when missing); 3. add adapters to
-every block linear, train the rows of the chat tokens (a base never saw them, yet every answer ends
-by predicting <|end|>) and of the task_token_rows tokens the SFT loss pulls hardest on (English
-ones, for a Darija base), and a low-rank embedding update; 4. train as sft.py does, only adapters in
-the optimizer at a ~10x higher learning rate (B starts at zero), keeping the best adapter and
-stopping early; 5. merge it into the base and score it with `python eval.py` (into out_dir/eval/).
+The run: 1. load the base and hash its file (an adapter fits only the weights it was trained on); 2. read the SFT
+dataset (`python sft.py --build_only` builds it when missing); 3. add adapters to every block linear, train the rows
+of the chat tokens (a base never saw them, yet every answer ends by predicting <|end|>) and of the task_token_rows
+tokens the SFT loss pulls hardest on (English ones, for a Darija base), and a low-rank embedding update; 4. train as
+sft.py does, only adapters in the optimizer at a ~10x higher learning rate (B starts at zero), keeping the best
+adapter and stopping early; 5. merge it into the base and score it with `python eval.py` (into out_dir/eval/).
 """
 import json
 import math
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 
 from configurator import claim, configure, plain_name
 from model import (atomic_save, learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint,
-                   plain, save_checkpoint, sha256_of, unwrap)
+                   plain, save_checkpoint, sha256_of, training_precision, unwrap)
 
 # --- settings (override with a config file and --key=value) ---
 init_from = "out/darija_small"      # the frozen base: a pre-trained or SFT checkpoint (a folder: its best.pt)
@@ -70,6 +68,7 @@ patience = 4                        # evals without improvement before stopping
 log_interval = 10
 seed = 1337
 device = "auto"                     # "auto": cuda when available, else cpu
+dtype = "auto"                      # as sft.py's: "auto" (bf16 from compute capability 8.0, fp16 below; CPU: fp32)
 compile = False
 sample_prompts = ["Translate to English: kifach dayer? labas 3lik?",
                   "ktb liya hadi b l7orof l3arbiya: sba7 lkhir a sa7bi"]
@@ -347,9 +346,8 @@ def task_tokens(model, n, chosen, inputs, targets, device):
         matrix.requires_grad_(True)
     score = torch.zeros(model.config.vocab_size, device=device)
     for i in range(0, min(len(inputs), 16 * batch_size), batch_size):
-        x = torch.tensor(inputs[i:i + batch_size], device=device)
-        y = torch.tensor(targets[i:i + batch_size], device=device)
-        for grad in torch.autograd.grad(model(x, y)[1], matrices):
+        x, y = (torch.tensor(rows[i:i + batch_size], device=device) for rows in (inputs, targets))
+        for grad in torch.autograd.grad(model(x, y)[1], matrices):  # float32, no autocast: no fp16 loss to scale
             score += grad.float().pow(2).sum(1)
     model.requires_grad_(False)
     score[list(chosen)] = -1
@@ -374,7 +372,8 @@ def main():
                               for examples in (train_examples, val_examples))
     if not train_chats or not val_chats:
         fail(f"{data_dir}/ has no usable {'train' if not train_chats else 'val'} examples of at most {T} tokens")
-    val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size]) for rows in tok.pack_conversations(val_chats, T))
+    val_x, val_y = (torch.tensor(rows[:eval_iters * batch_size], device=device_name)
+                    for rows in tok.pack_conversations(val_chats, T))
     print(f"{data_dir}/: {len(train_chats):,} train / {len(val_chats):,} val conversations; "
           f"val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
 
@@ -390,10 +389,11 @@ def main():
         if os.path.exists(path) and not force:
             fail(f"{path} already exists: add --force to overwrite it (or choose another --out_dir)")
     torch.manual_seed(seed)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+    if dtype not in ("auto", "bfloat16", "float16", "float32"):
+        fail(f"dtype must be auto, bfloat16, float16 or float32; got {dtype!r}")
+    precision, autocast, scaler = training_precision(device_name, dtype)  # the GradScaler does nothing unless fp16
     raw_model = model_from_checkpoint(ckpt).to(device_name)
-    val_x, val_y = val_x.to(device_name), val_y.to(device_name)
-    raw_model.chunked_loss = device_type == "cpu"  # model.py's CPU speed trick for training
+    raw_model.chunked_loss = device_type == "cpu" and precision == "float32"  # model.py's CPU training speed trick
     n_base = raw_model.num_params()
     try:
         token_ids = [tok.special_tokens[t] for t in CHAT_TOKENS] if chat_token_rows else []
@@ -408,13 +408,12 @@ def main():
     n_train = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
     print(f"LoRA r={rank}, alpha={alpha:g} on {len(wrapped)} layers, {n_chat} chat + {len(token_ids) - n_chat} task "
           f"embedding rows, embedding rank {embedding_rank}: {n_train:,} trainable parameters, "
-          f"{100 * n_train / n_base:.2f}% of the base's {n_base:,}")
+          f"{100 * n_train / n_base:.2f}% of the base's {n_base:,}; training on {device_name} ({precision})")
     model = torch.compile(raw_model) if compile else raw_model
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)  # adapters only
 
     # 4. training: sft.py's loop, only the adapters in the optimizer; Ctrl-C / SIGTERM finish the step, then stop
-    rng, train_order = random.Random(seed), list(train_chats)
-    stop_ids = set(tok.special_tokens.values())
+    rng, train_order, stop_ids = random.Random(seed), list(train_chats), set(tok.special_tokens.values())
     step, best_val, best_step, bad_evals, row, train_x, t0, interrupted = 0, float("inf"), 0, 0, 0, [], time.time(), []
     on_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))  # as in pretrain.py
     on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: interrupted.append(signum))
@@ -445,18 +444,19 @@ def main():
         if row + batch_size > len(train_x):  # a new epoch: reshuffle and repack
             rng.shuffle(train_order)
             (train_x, train_y), row = tok.pack_conversations(train_order, T), 0
-        x = torch.tensor(train_x[row:row + batch_size], device=device_name)
-        y = torch.tensor(train_y[row:row + batch_size], device=device_name)
+        x, y = (torch.tensor(rows[row:row + batch_size], device=device_name) for rows in (train_x, train_y))
         row += batch_size
         lr = learning_rate_at(step, learning_rate, min_lr, warmup_iters, max_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:
             _, loss = model(x, y)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if p.requires_grad], grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % log_interval == 0:

@@ -5,15 +5,14 @@ checkpoint files every later stage reads (with the tokenizer each names).
 The choices, and why: RoPE, not learned positions (relative, and cached keys stay valid as the context
 grows); RMSNorm before each sub-layer, no gain (nanochat's); MLP "relu2" (relu(x W)^2, 4 n_embd wide:
 Primer, modded-nanoGPT; faster and better here, bench/README.md) or "swiglu" (Llama's, 8/3 n_embd);
-grouped-query attention when n_kv_head < n_head (a smaller KV cache); F.scaled_dot_product_attention
-(flash on CUDA); the embedding tied to the head; no biases; init N(0, 0.02), residual projections
-1/sqrt(2 n_layer) smaller (GPT-2). One CPU training speed trick: model.chunked_loss (see below).
+grouped-query attention when n_kv_head < n_head (a smaller KV cache); F.scaled_dot_product_attention (flash
+on CUDA); the embedding tied to the head; no biases; init N(0, 0.02), residual projections 1/sqrt(2 n_layer)
+smaller (GPT-2). One CPU training speed trick: model.chunked_loss (see below). Linear layers:
+blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
 
     model = GPT(GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256))
     logits, loss = model(idx, targets)   # (B, T) int64 each; target -1 is ignored; no targets: loss None
     for token in model.generate(ids, max_new_tokens, temperature=0.8, top_k=50): ...
-
-Linear layers: blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
 """
 import hashlib
 import math
@@ -78,15 +77,13 @@ def apply_rotary(x, cos, sin):
 
 class KVCache:
     """Keys and values of every layer for the tokens fed so far (their ids in `tokens`)."""
-
     def __init__(self, config, batch_size, device, dtype):
         shape = (config.n_layer, 2, batch_size, config.n_kv_head, config.block_size, config.n_embd // config.n_head)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
         self.tokens, self.pos = [], 0  # the ids held (batch size 1) and how many positions are filled
 
     def truncate(self, n):  # keep the first n tokens (later positions are overwritten when fed again)
-        self.pos = min(self.pos, n)
-        self.tokens = self.tokens[:self.pos]
+        self.pos, self.tokens = min(self.pos, n), self.tokens[:min(self.pos, n)]
 
     def update(self, layer, k, v):  # k, v (B, n_kv_head, T, head_dim) after the filled positions; all so far
         end = self.pos + k.size(2)
@@ -117,8 +114,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         if self.n_kv_head != self.n_head:  # each group of query heads shares one key/value head
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         dropout = self.dropout if self.training else 0.0
         if past == 0:     # training, or the first tokens of a generation: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -146,6 +142,7 @@ class MLP(nn.Module):
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
         else:
             h = F.relu(self.c_fc(x))
+            h = h.clamp_max(255.9) if h.dtype == torch.float16 else h  # fp16 ends at 65504: 256^2 would be inf
             h = h * h  # not h.square(): its backward takes torch's generic pow kernel, 3x slower on CPU
         return F.dropout(self.c_proj(h), self.dropout, self.training)
 
@@ -153,8 +150,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
-        self.attn = CausalSelfAttention(config, layer)
-        self.mlp = MLP(config)
+        self.attn, self.mlp = CausalSelfAttention(config, layer), MLP(config)
 
     def forward(self, x, cos, sin, cache=None):
         x = x + self.attn(norm(x), cos, sin, cache)
@@ -170,15 +166,13 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
         for name, weight in self.named_parameters():  # residual projections smaller: a flat stream variance
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self.chunked_loss = False  # training scripts switch it on for CPU training (see the docstring)
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
@@ -191,8 +185,7 @@ class GPT(nn.Module):
         if self.chunked_loss and torch.is_grad_enabled():  # never builds the logits (see below)
             return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-        return logits, loss
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
     def hidden(self, idx, cache=None):  # the final normed hidden states (B, T, n_embd); advances the cache
         T = idx.size(1)
@@ -227,10 +220,10 @@ class GPT(nn.Module):
         groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda" or None)
 
-    def flops_per_token(self):  # for training: 6 per parameter (forward + backward) + attention (PaLM, app. B)
+    def flops_per_token(self):  # for training: 6 per parameter (forward + backward) + attention
         c = self.config
         n = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())  # a lookup is free
-        return 6 * n + 6 * c.n_layer * c.n_embd * c.block_size  # 12·L·C·T, halved by the causal mask
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size  # nanoGPT's (PaLM app. B): the MFUs we compare to
 
     def new_cache(self, batch_size=1):
         return KVCache(self.config, batch_size, self.wte.weight.device, self.wte.weight.dtype)
@@ -238,10 +231,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(), cache=None):
         """Yield up to max_new_tokens token ids, one at a time, continuing the context `ids` (a list).
-        A token in stop_ids is yielded, then generation stops; temperature 0 is greedy. The cache may
-        live across calls (chat keeps one per conversation): it knows which tokens it holds, and only
-        what follows their common prefix with `ids` is fed. Afterwards it holds the context and every
-        yielded token but the last (a token is fed only when the next one is asked for)."""
+        A token in stop_ids is yielded, then generation stops; temperature 0 is greedy. The cache may live across
+        calls (chat keeps one per conversation): it knows which tokens it holds, and only what follows their common
+        prefix with `ids` is fed. Afterwards it holds the context and every yielded token but the last (a token is
+        fed only when the next one is asked for)."""
         ids = [int(t) for t in ids]
         if not ids:
             raise ValueError("generate() needs at least one context token (e.g. <|endoftext|>)")
@@ -284,7 +277,17 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None):
     return int(torch.multinomial(logits.softmax(-1), 1))
 
 
-# --- training helpers: the learning-rate schedule, the chunked loss, MFU ---------------------------
+# --- training helpers: the precision, the learning-rate schedule, the chunked loss, MFU -----------
+def training_precision(device, dtype="auto"):
+    """(dtype, autocast, GradScaler: a no-op unless float16) to train on device. "auto": bfloat16 on GPUs of compute
+    capability >= 8.0; float16 below (T4, V100: bf16 is emulated, ~10x slower, no flash attention); CPU/MPS: float32."""
+    kind = torch.device(device).type
+    if dtype == "auto" and kind == "cuda":  # compute capability (7, 5): a T4; (8, 0): an A100
+        dtype = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
+    dtype = "float32" if dtype == "auto" else dtype
+    autocast = torch.autocast(kind, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+    return dtype, autocast, torch.amp.GradScaler(kind, enabled=dtype == "float16")
+
 
 def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="cosine", decay_frac=0.2):
     """Linear warmup, then "cosine" decay to min_lr at decay_iters, or "wsd": flat, then linear over decay_frac."""
@@ -304,7 +307,6 @@ def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="
 # its gradient worked out on the spot, trains faster and lighter (bench/README.md).
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-
     @staticmethod
     def forward(ctx, h, weight, targets):
         counted = targets != -1
@@ -328,29 +330,29 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad_h * grad_loss, grad_weight * grad_loss, None
 
 
-@torch.compiler.disable  # eager inside compiled graphs: traced, its loop unrolls chunk by chunk
-def chunked_cross_entropy(h, weight, targets):
-    return ChunkedCrossEntropy.apply(h, weight, targets)
+# eager inside compiled graphs: traced, its loop would unroll chunk by chunk
+chunked_cross_entropy = torch.compiler.disable(ChunkedCrossEntropy.apply)
 
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-                   "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}  # dense
+# Dense bf16 peaks (T4, V100: fp16, which they train in), by the first key that is whole words of the name
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200 NVL": 835e12, "H200": 989e12,
+              "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
+              "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
 def peak_flops(device):
-    """The dense bf16 peak FLOP/s of a CUDA device, from its name; 0 when unknown (or not CUDA)."""
+    """The peak FLOP/s of a CUDA device (the table above), from its name; 0 when unknown (or not CUDA)."""
     if torch.device(device).type != "cuda":
         return 0
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), 0)
+    words = f" {torch.cuda.get_device_name(device).replace('-', ' ')} "
+    return next((flops for key, flops in PEAK_FLOPS.items() if f" {key} " in words), 0)
 
 
-def estimate_mfu(model, tokens_per_sec, peak):  # model FLOPs utilisation
-    return model.flops_per_token() * tokens_per_sec / peak
+def estimate_mfu(model, tokens_per_sec, peak, world=1):  # model FLOPs utilisation of each of `world` GPUs
+    return model.flops_per_token() * tokens_per_sec / world / peak
 
 
 # --- checkpoints (docs/formats.md) ---------------------------------------------------------------
-
 CHECKPOINT_KEYS, CHECKPOINT_KINDS = ("model", "model_config", "kind"), ("base", "sft", "lora_merged")
 
 
@@ -369,8 +371,8 @@ def plain(value):
 
 
 def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config=None,
-                    tokenizer=None, tokenizer_sha256=None, optimizer=None):
-    """Write a checkpoint atomically (kind: base, sft or lora_merged; optimizer state for resuming)."""
+                    tokenizer=None, tokenizer_sha256=None, optimizer=None, scaler=None):
+    """Write a checkpoint atomically (kind: base, sft or lora_merged; optimizer and fp16 loss scale for resuming)."""
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"checkpoint kind must be one of {', '.join(CHECKPOINT_KINDS)}, got {kind!r}")
     model = unwrap(model)
@@ -378,8 +380,8 @@ def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config
             "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
             "step": int(step), "best_val_loss": None if best_val_loss is None else float(best_val_loss),
             "config": plain(config or {})}
-    if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
+    if optimizer is not None:  # to resume exactly: and the fp16 loss scale ({} when not training in fp16)
+        ckpt["optimizer"], ckpt["scaler"] = optimizer.state_dict(), scaler.state_dict() if scaler else {}
     atomic_save(ckpt, path)
 
 
@@ -397,8 +399,7 @@ def atomic_save(obj, path):
 
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint dict (a directory means its best.pt), with clear errors for bad files."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.pt")
+    path = os.path.join(path, "best.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first (python pretrain.py config/...)")
     try:
@@ -419,9 +420,8 @@ def load_with_tokenizer(path, map_location="cpu"):
     tok_path = ckpt.get("tokenizer")
     if not tok_path:
         raise ValueError(f"{path} does not name its tokenizer file (saved without tokenizer=...): re-save it with one")
-    project_root = os.path.dirname(os.path.abspath(__file__))
-    if not os.path.isfile(tok_path) and os.path.isfile(os.path.join(project_root, tok_path)):
-        tok_path = os.path.join(project_root, tok_path)  # paths are relative to the project root
+    in_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), tok_path)  # paths are relative to the root
+    tok_path = in_root if not os.path.isfile(tok_path) and os.path.isfile(in_root) else tok_path
     if not os.path.isfile(tok_path):
         raise ValueError(f"{path} was trained with the tokenizer {tok_path}, which does not exist: run from the "
                          f"project root, or rebuild the data (python prepare.py config/NAME.py)")

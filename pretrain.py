@@ -19,15 +19,17 @@ What happens, top to bottom, and why:
 - AdamW (decay on matrices only), linear warmup then cosine decay to min_lr (or "wsd": warmup,
   stable, then a linear decay over the last decay_frac of training), gradient clipping,
   gradient accumulation (grad_accum_steps is the global count, split across processes).
-- CUDA: bf16 autocast (fp16 + GradScaler on GPUs without bf16), TF32 matmuls, torch.compile.
-  CPU: float32, compile off by default (a few % faster after ~30 s of compiling: rarely worth it).
+- CUDA: bf16 autocast (fp16 + GradScaler below compute capability 8.0: T4, V100), TF32 matmuls,
+  torch.compile. CPU: float32, compile off by default (a few % faster after ~30 s of compiling).
 - every eval_interval steps: train/val loss on fixed windows, validation bits per byte
   (val nats per token x tokens per byte of the val split / ln 2: comparable across tokenizers),
   a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically.
+  Several machines: out_dir must be one folder they share (rank 0 writes it, every process resumes from it).
 - Ctrl-C / SIGTERM: finish the current step, save last.pt, exit. A NaN/inf loss stops the run
   with a message and saves nothing, so the last good checkpoint stays intact. Resuming refuses
   data tokenized otherwise than the checkpoint's, and cuts log.jsonl back to the checkpoint's step.
-- logs: a console line (loss, lr, tokens/s, MFU on GPU, ETA), out/NAME/log.jsonl, optional
+- logs: a console line (loss, lr, tokens/s and MFU per GPU, leaving out the first step's compiling, ETA;
+  the loss stays on the GPU between log lines: reading it waits for the GPU), out/NAME/log.jsonl, optional
   wandb, and out/NAME/loss.png when matplotlib is installed.
 """
 import gc
@@ -40,13 +42,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, estimate_mfu, learning_rate_at, load_checkpoint, peak_flops, save_checkpoint
+from model import (GPT, GPTConfig, estimate_mfu, learning_rate_at, load_checkpoint, peak_flops, save_checkpoint,
+                   training_precision)
 
 # --- settings (override with a config file and --key=value) ---
 # data and output
@@ -88,7 +90,7 @@ wandb_log = False
 wandb_project = "darija-gpt"
 # system
 device = "auto"                 # "auto", "cuda", "cuda:1", "mps", "cpu"
-dtype = "auto"                  # "auto" (bf16 on CUDA when supported, else fp16; fp32 elsewhere),
+dtype = "auto"                  # "auto" (CUDA: bf16 from compute capability 8.0, fp16 below; fp32 elsewhere),
                                 # "bfloat16", "float16", "float32"
 compile = None                  # None: on for CUDA, off elsewhere
 
@@ -182,13 +184,20 @@ if ddp:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     dist.barrier()  # the other processes start reading data/NAME only once local rank 0 has checked it
+    if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):  # several machines: must share out_dir
+        lock = os.path.normpath(out_dir) + ".lock"  # rank 0's (configurator.claim), as this machine sees it
+        seen = open(lock, encoding="utf-8").read() if os.path.isfile(lock) else None
+        first = [seen]
+        dist.broadcast_object_list(first)  # rank 0's
+        unshared = torch.tensor(float(local_rank == 0 and seen != first[0]), device=device)
+        dist.all_reduce(unshared)
+        if unshared:  # rank 0 alone writes checkpoints, yet every process resumes from them
+            sys.exit(f"out_dir {out_dir} is not one folder shared by all machines (another machine does not see the "
+                     f"first one's {lock}): put it on a shared file system" if master else 1)
 if grad_accum_steps % world:
     sys.exit(f"grad_accum_steps ({grad_accum_steps}) must be a multiple of the number of processes ({world})")
 local_accum = grad_accum_steps // world
-if dtype == "auto":
-    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-ptdtype = getattr(torch, dtype)
-autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
+dtype, autocast, scaler = training_precision(device, dtype)  # the GradScaler does nothing unless float16
 if device_type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -283,11 +292,12 @@ if init_from == "resume":
                  "use the same model settings to resume")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):  # the fp16 loss scale and its growth count: a resumed fp16 run goes on exactly
+        scaler.load_state_dict(ckpt["scaler"])
     start_iter, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
     log(f"resuming {last_path} at step {start_iter}")
     del ckpt
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {config}")
-scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 raw_model = model
 if compile:
     log("compiling the model (a minute or so)...")
@@ -330,7 +340,7 @@ def decode(ids):
 def save(path, step):
     save_checkpoint(path, raw_model, kind="base", step=step, best_val_loss=best_val_loss, config=settings,
                     tokenizer=meta.get("tokenizer"), tokenizer_sha256=meta.get("tokenizer_sha256"),
-                    optimizer=optimizer if path == last_path else None)
+                    optimizer=optimizer if path == last_path else None, scaler=scaler)
 
 
 def write_log(record):
@@ -406,13 +416,15 @@ tokens_per_step = grad_accum_steps * batch_size * block_size
 log(f"{world} process(es) on {device} ({dtype}), {tokens_per_step:,} tokens per step, {max_iters} steps")
 
 # --- the training loop ---
-it, t0, dt_avg, nan = start_iter, time.time(), None, False
+# The loss is read (which waits for the GPU) only on steps that log, evaluate or end, and on the first:
+# the speed is timed from there on, leaving out the first step's compiling and warming up.
+it, nan, synced, dt = start_iter, False, None, None  # synced: (time, step) of the last read
 while it < max_iters:
     lr = learning_rate_at(it, learning_rate, min_lr, warmup_iters, decay_iters, lr_schedule, decay_frac)
     for group in optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(seed + it)  # dropout masks depend only on the step: resuming is exact
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=device)
     for micro, windows in enumerate(step_windows(it)):
         x, y = get_batch("train", windows)
         if ddp:  # all-reduce the gradients only on the last micro-batch
@@ -427,26 +439,32 @@ while it < max_iters:
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    it += 1
+    read = it % log_interval == 0 or it % eval_interval == 0 or it in (start_iter + 1, max_iters)
+    if not read and (ddp or not stop["requested"]):  # DDP: a stop is agreed on at the next read
+        continue
     if ddp:  # the loss of the global batch, and a stop requested on any process
-        flags = torch.tensor([float(loss_sum), float(stop["requested"])], device=device)
+        flags = torch.stack([loss_sum, torch.tensor(float(stop["requested"]), device=device)])
         dist.all_reduce(flags)
         loss_sum, stop["requested"] = flags[0] / world, bool(flags[1])
     loss_val = float(loss_sum)
-    it += 1
     if not math.isfinite(loss_val):
         log(f"step {it}: the loss is {loss_val}; stopping without saving, so {last_path} keeps the "
             "last good weights. Try a lower learning_rate or a smaller grad_clip.")
         nan = True
         break
-    t1 = time.time()
-    dt_avg = t1 - t0 if dt_avg is None else 0.9 * dt_avg + 0.1 * (t1 - t0)
-    t0 = t1
+    now = time.time()
+    if synced and it > synced[1]:  # seconds per step since the last read
+        dt = (now - synced[0]) / (it - synced[1])
+    synced = (now, it)
     if master and (it % log_interval == 0 or it == max_iters):
-        tok_s = tokens_per_step / dt_avg
-        mfu = estimate_mfu(raw_model, tok_s, peak) if peak else None
-        eta = (max_iters - it) * dt_avg
-        log(f"step {it}/{max_iters} | loss {loss_val:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
-            + (f" | mfu {mfu:.1%}" if mfu else "") + f" | eta {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
+        tok_s = tokens_per_step / dt if dt else None  # all processes together; the MFU is each GPU's
+        mfu = estimate_mfu(raw_model, tok_s, peak, world) if peak and tok_s else None
+        line = f"step {it}/{max_iters} | loss {loss_val:.4f} | lr {lr:.2e}"
+        if dt:  # unknown after the first step
+            eta = (max_iters - it) * dt
+            line += f" | {tok_s:,.0f} tok/s{f' | mfu {mfu:.1%}' if mfu else ''} | eta {eta // 60:.0f}m{eta % 60:02.0f}s"
+        log(line, flush=True)
         write_log({"iter": it, "loss": loss_val, "lr": lr, "tokens_per_sec": tok_s, "mfu": mfu})
     if master and (it % eval_interval == 0 or it == max_iters):
         result = evaluate()
@@ -458,7 +476,7 @@ while it < max_iters:
             save(best_path, it)
         save(last_path, it)
         plot_losses()
-        t0 = time.time()  # evaluation time is not training time
+        synced = (time.time(), it)  # evaluation time is not training time
     if stop["requested"]:
         if master:
             save(last_path, it)

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from model import (learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint, save_checkpoint,
-                   sha256_of)
+                   sha256_of, training_precision)
 
 # --- settings (override with a config file and --key=value) ---
 init_from = "out/darija_small"      # the pre-trained checkpoint (a directory means its best.pt)
@@ -76,6 +76,8 @@ patience = 4                        # evals without improvement before stopping
 log_interval = 10
 seed = 1337
 device = "auto"                     # "auto": cuda when available, else cpu
+dtype = "auto"                      # "auto" (CUDA: bf16 from compute capability 8.0, fp16 + loss scaling below;
+                                    # fp32 elsewhere), "bfloat16", "float16", "float32"
 compile = False
 sample_prompts = ["Translate to English: kifach dayer? labas 3lik?",
                   "ktb liya hadi b l7orof l3arbiya: sba7 lkhir a sa7bi",
@@ -332,7 +334,8 @@ if build_only:
 # --- 3. training: whole conversations packed into rows, the loss on the assistant's tokens ----------
 def checkpoint(path, with_optimizer):
     save_checkpoint(path, raw_model, kind="sft", step=step, best_val_loss=best_val, config=config,
-                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None)
+                    tokenizer=tok_path, tokenizer_sha256=tok_sha, optimizer=optimizer if with_optimizer else None,
+                    scaler=scaler)
 
 
 def answer(model, prompt):
@@ -352,7 +355,9 @@ device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" el
 device_type = "cuda" if device.startswith("cuda") else "cpu"
 if device_type == "cuda" and not torch.cuda.is_available():
     fail(f"--device={device}: no CUDA device here (use --device=cpu, or auto)")
-autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+if dtype not in ("auto", "bfloat16", "float16", "float32"):
+    fail(f"dtype must be auto, bfloat16, float16 or float32; got {dtype!r}")
+dtype, autocast, scaler = training_precision(device, dtype)  # the GradScaler does nothing unless float16
 # out_dir/eval/ is eval.py's report (eval.lock, while it runs); scores.json, an older sft.py's metric
 claim_to_write(out_dir, ("best.pt", "last.pt", "metrics.json", "eval", "eval.lock", "scores.json"),
                "pick another --out_dir")
@@ -384,16 +389,18 @@ if resume:  # last.pt must be readable and trained on this very data: same token
              f"{str(state.get('tokenizer_sha256'))[:12]}, vocab {last_vocab}), but {data_dir}/ was built with "
              f"{stats['tokenizer']} (sha256 {stats['tokenizer_sha256'][:12]}, vocab {data_vocab}): --force starts over")
 raw_model = model_from_checkpoint(state if resume else ckpt).to(device)
-raw_model.chunked_loss = device_type == "cpu"  # model.py's CPU speed trick for training
+raw_model.chunked_loss = device_type == "cpu" and dtype == "float32"  # model.py's CPU speed trick for training
 model = torch.compile(raw_model) if compile else raw_model
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
 step, best_val, best_step, bad_evals = 0, float("inf"), 0, 0
 if resume:  # where the run was: its step, its best val and when, and the evaluations since without a better one
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # the fp16 loss scale and its growth count
+        scaler.load_state_dict(state["scaler"])
     step, best_val, best_step = state["step"], state["best_val_loss"], load_checkpoint(out_dir)["step"]
     bad_evals = (step - best_step) // eval_interval
     print(f"resuming {out_dir}/last.pt at step {step} (best val {best_val:.4f} at step {best_step})")
-print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device}")
+print(f"fine-tuning {raw_model.num_params() / 1e6:.2f}M parameters from {init_from} on {device} ({dtype})")
 
 interrupted = []  # Ctrl-C / SIGTERM while training (as in pretrain.py): finish the step, save last.pt, stop
 on_sigint = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
@@ -439,10 +446,12 @@ while True:
         group["lr"] = lr
     with autocast:
         _, loss = model(x, y)
-    loss.backward()
+    scaler.scale(loss).backward()
     if grad_clip:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     step, tokens_seen = step + 1, tokens_seen + x.numel()
     if step % log_interval == 0:

@@ -1,10 +1,16 @@
 """
-bench/gpu.py: the GPU figures in one short run, set up the way pretrain.py trains on CUDA (bf16
-autocast, TF32, torch.compile, fused AdamW) with attention held to the flash kernel:
+bench/gpu.py: the GPU figures in one short run, set up the way pretrain.py trains on CUDA (its dtype,
+model.training_precision's: bf16 from compute capability 8.0, fp16 + GradScaler below; TF32,
+torch.compile, fused AdamW) with attention held to one kernel: flash (memory-efficient below 8.0,
+where PyTorch's flash kernel does not run), so that a set-up it cannot run fails instead of
+silently falling back to a slower one:
 
     python bench/gpu.py                  # on a CUDA machine: expected ~5 minutes, mostly compiling
-    python bench/gpu.py --models=124M --batch_size=32
+    python bench/gpu.py --models=124M --batch_size=32 --device=cuda:1
     python bench/gpu.py --device=cpu --tiny --steps=2    # this script's smoke test, on any machine
+
+The smoke test runs the very code a GPU runs (the kernel choice too: PyTorch has a flash kernel
+for the CPU); --dtype=float16 takes it through the GradScaler of T4s and V100s.
 
 1. 124M: GPT-2 small's size (12 x 768, 12 heads, context 1,024, vocab 50,304, tied): the size at
    which MFU is usually compared (nanoGPT's reference run).
@@ -12,23 +18,23 @@ autocast, TF32, torch.compile, fused AdamW) with attention held to the flash ker
    (read from the files), at their own micro-batch size and at 8x it for darija_small, which is
    too small to fill a GPU at 16 x 256.
 
-Each model: a few untimed steps (compilation), then `--steps` timed steps of forward + backward +
-AdamW on random tokens. Prints tokens/s, MFU (model.py's estimate_mfu over the card's dense bf16
-peak; blank on an unknown card) and peak memory, with the card's name.
+Each model: compiled afresh (torch._dynamo.reset), a few untimed steps (compilation), then `--steps`
+timed steps of forward + backward + AdamW on random tokens. Prints tokens/s, MFU (model.py's
+estimate_mfu over the card's peak, model.py's PEAK_FLOPS; blank on an unknown card) and peak
+memory, with the card's name.
 """
 import argparse
 import ast
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import GPT, GPTConfig, estimate_mfu, peak_flops  # noqa: E402
+from model import GPT, GPTConfig, estimate_mfu, peak_flops, training_precision  # noqa: E402
 
 SHAPE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp")
 
@@ -79,48 +85,61 @@ def jobs(args):
             yield label, shape, batch
 
 
+def attention_backend(device):
+    """The one attention kernel the steps may use: flash, or memory-efficient on GPUs below compute
+    capability 8.0 (T4, V100), which PyTorch's flash kernel does not run on."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return SDPBackend.EFFICIENT_ATTENTION
+    return SDPBackend.FLASH_ATTENTION
+
+
+def training_step(model, optimizer, precision, backend, x):
+    """One step of forward + backward + AdamW on the rows x, in precision = (dtype, autocast, GradScaler)."""
+    _, autocast, scaler = precision
+    with autocast, sdpa_kernel(backend):  # sdpa_kernel(...) is good for one `with` only: a new one each step
+        _, loss = model(x[:, :-1], x[:, 1:])
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def measure(shape, batch, args):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    torch._dynamo.reset()  # compile afresh: no graphs made dynamic by the shapes before, nor their memory
     torch.manual_seed(0)
     model = GPT(GPTConfig(**shape)).to(device)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
     step_model = torch.compile(model) if args.compile else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    # Only the flash kernel: if it cannot run these inputs, this fails instead of silently falling back.
-    attention = sdpa_kernel(SDPBackend.FLASH_ATTENTION) if cuda else nullcontext()
+    precision, backend = training_precision(device, args.dtype), attention_backend(device)
     x = torch.randint(0, shape["vocab_size"], (batch, shape["block_size"] + 1), device=device)
-
-    def step():
-        with autocast, attention:
-            _, loss = step_model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)  # this device, not the current one (cuda:0)
 
     for _ in range(3):  # compilation and allocator warm-up, not timed
-        step()
+        training_step(step_model, optimizer, precision, backend, x)
     sync()
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        step()
+        training_step(step_model, optimizer, precision, backend, x)
     sync()
     tokens_per_sec = args.steps * batch * shape["block_size"] / (time.perf_counter() - t0)
     peak = peak_flops(device)
     mfu = f"{100 * estimate_mfu(model, tokens_per_sec, peak):.1f}%" if peak else ""
-    memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
+    memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if cuda else ""
     return model.num_params(), tokens_per_sec, mfu, memory
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto: pretrain.py's choice (bf16 from compute capability 8.0, fp16 below; CPU: float32)")
     p.add_argument("--models", default="124M,darija_small,darija_base")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=0, help="micro-batch for 124M and darija_base (0: 16 / the config's)")
@@ -136,7 +155,9 @@ if __name__ == "__main__":
         card = torch.cuda.get_device_name(args.device)
     else:
         card = f"CPU, {torch.get_num_threads()} threads"
-    print(f"{card}, torch {torch.__version__}, compile {args.compile}, {args.steps} timed steps")
+    device = torch.device(args.device)
+    print(f"{card}, torch {torch.__version__}, {training_precision(device, args.dtype)[0]}, attention "
+          f"{attention_backend(device).name}, compile {args.compile}, {args.steps} timed steps")
     print("| model | params | batch x context | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|")
     for label, shape, batch in jobs(args):
         params, tokens_per_sec, mfu, memory = measure(shape, batch, args)

@@ -27,7 +27,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from lora import add_lora, load_adapter  # noqa: E402
-from model import load_checkpoint, model_from_checkpoint, sha256_of  # noqa: E402
+from model import load_checkpoint, model_from_checkpoint, sha256_of, training_precision  # noqa: E402
 
 SFT_OUT, LORA_OUT = "out/bench_sft", "out/bench_lora"
 # sft.py settings that LoRA must share to be comparable. The learning rate is not one of them:
@@ -48,7 +48,8 @@ def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
         a = load_adapter(adapter_path)
         add_lora(model, a["rank"], a["alpha"], a["targets"], token_ids=a.get("token_ids", ()),
                  embedding_rank=a.get("embedding_rank", 0))
-    model.chunked_loss = device == "cpu"  # as sft.py and lora.py train on a CPU
+    dtype, autocast, scaler = training_precision(device)  # as sft.py and lora.py train: their "auto"
+    model.chunked_loss = device == "cpu" and dtype == "float32"  # as they train on a CPU
     opt = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), generator=g).to(device)
@@ -56,10 +57,11 @@ def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
     times = []
     for i in range(steps + 2):  # two warm-up steps (allocations, Adam state)
         t0 = time.time()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with autocast:
             _, loss = model(x[:, :-1], y)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -69,7 +71,7 @@ def measure(kind, base, batch_size, block_size, adapter_path, steps=6):
     else:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(sec_per_step=sorted(times[2:])[len(times[2:]) // 2], peak_mb=peak, device=device)))
+    print(json.dumps(dict(sec_per_step=sorted(times[2:])[len(times[2:]) // 2], peak_mb=peak, device=f"{device} ({dtype})")))
 
 
 def run(cmd):
@@ -123,7 +125,7 @@ def main():
     costs = {k: step_cost(k, lora["base"], s, adapter) for k in ("full", "lora")}
     n = lora["base_params"]
     dev = costs["full"]["device"]
-    mem = "peak allocated" if dev == "cuda" else "peak RSS"
+    mem = "peak allocated" if dev.startswith("cuda") else "peak RSS"
     print(f"\nbase {lora['base']} ({n:,} parameters, sha256 {lora['base_sha256'][:12]}); data "
           f"data/sft/{lora['sft_dataset']}/ ({lora['train_examples']:,} train conversations); seed {lora['seed']}; "
           f"batch {s['batch_size']} x {s['block_size'] or 'full context'} tokens; up to {s['max_iters']} steps, "

@@ -12,8 +12,8 @@ tokenizer_train_bytes = 50_000_000
 # About 98M parameters (12 layers x 768, 12 heads, ReLU² MLP, context 1024, vocab 16,384 tied): a real
 # GPU run. 524k tokens per step (16 x 1024 x 32 accumulation steps, split across the GPUs: keep
 # grad_accum_steps a multiple of their number), 3,000 steps = 1.6B tokens. Expected time, from FLOPs
-# (0.64 GFLOP per training token) at 40% MFU, not yet measured: ~45 min on one H100, ~2.3 h on one
-# A100; divide by the number of GPUs. `python bench/gpu.py` measures the real rate.
+# (0.70 GFLOP per training token, nanoGPT's count) at 40% MFU, not yet measured: ~46 min on one
+# H100, ~2.4 h on one A100; divide by the number of GPUs. `python bench/gpu.py` measures the real rate.
 #   torchrun --standalone --nproc_per_node=8 pretrain.py config/darija_base.py
 n_layer = 12
 n_head = 12

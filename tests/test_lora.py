@@ -322,6 +322,26 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
         run_lora(work, monkeypatch)
 
 
+def test_lora_py_trains_in_fp16_with_a_grad_scaler(work, monkeypatch):
+    """--dtype=float16 (a T4's or V100's training) on the CPU: autocast + a GradScaler that scales every step
+    (lora.py keeps no last.pt: an interrupted run restarts, so there is no loss scale to resume)."""
+    real_update, updates = torch.amp.GradScaler.update, []
+
+    def counted_update(self, *args, **kwargs):
+        updates.append(self.get_scale())  # 1.0 when disabled: a scaling one is far above
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", counted_update)
+    log = run_lora(work, monkeypatch, "--dtype=float16", "--out_dir=out/fp16", "--metric_items=0", "--max_iters=20",
+                   "--eval_interval=10")
+    assert "training on cpu (float16)" in log
+    losses = [float(l.split("val loss ")[1].split()[0]) for l in log.splitlines() if l.startswith("step") and "val loss" in l]
+    assert len(losses) == 3 and losses[0] > losses[2], log
+    assert len(updates) == 20 and all(scale > 1 for scale in updates)
+    with pytest.raises(SystemExit, match="dtype must be auto, bfloat16, float16 or float32; got 'fp16'"):
+        run_lora(work, monkeypatch, "--dtype=fp16", "--out_dir=out/fp16x")
+
+
 def test_lora_py_errors_are_clear(work, monkeypatch):
     with pytest.raises(SystemExit, match="no base checkpoint at out/none: pre-train one"):
         run_lora(work, monkeypatch, "--init_from=out/none")

@@ -2,6 +2,7 @@
 and what it refuses: another folder's files, a second run, data with another tokenizer or settings."""
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -77,6 +78,21 @@ def run(cwd, *args, script=os.path.join(ROOT, "pretrain.py"), launcher=()):
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def run_here(monkeypatch, cwd, *args):
+    """pretrain.py in this process (no interpreter and torch to start: fast). Its signal handlers and the
+    out_dir lock (released only when a process exits) are undone after it."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["pretrain.py", *args])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        runpy.run_path(os.path.join(ROOT, "pretrain.py"), run_name="__main__")
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        for lock in (cwd / "out").glob("*.lock"):
+            lock.unlink()
+
+
 def start(cwd, *args):
     """pretrain.py in the background (stopped by the test)."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *args], cwd=cwd, text=True,
@@ -120,6 +136,41 @@ def test_train_and_resume_equals_uninterrupted(workdir):
     assert losses(workdir / "out/part/log.jsonl") == full
 
 
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(workdir, monkeypatch):
+    """float16 autocast + GradScaler (what a T4 or V100 trains in) on the CPU: the loss falls, and 3 steps +
+    resume to 6 equal 6 uninterrupted ones, the loss scale and its growth count included (kept in last.pt)."""
+    import torch
+    common = [*TINY, "--dtype=float16", "--eval_interval=3", "--lr_decay_iters=6", "--warmup_iters=2"]
+    run_here(monkeypatch, workdir, *common, "--max_iters=6", "--out_dir=out/full")
+    full = losses(workdir / "out/full/log.jsonl")
+    assert len(full) == 6 and full[-1][1] < full[0][1] - 0.3, full
+    run_here(monkeypatch, workdir, *common, "--max_iters=3", "--out_dir=out/part")
+    run_here(monkeypatch, workdir, *common, "--max_iters=6", "--out_dir=out/part", "--init_from=resume")
+    assert losses(workdir / "out/part/log.jsonl") == full
+    scalers = [torch.load(workdir / f"out/{run_}/last.pt", weights_only=True)["scaler"] for run_ in ("full", "part")]
+    assert scalers[0] == scalers[1] and scalers[0]["_growth_tracker"] > 0 and scalers[0]["scale"] > 0
+
+
+def test_speed_leaves_out_the_first_step(workdir, monkeypatch):
+    """tokens/s (and MFU, ETA) are timed after the first step, which compiles and warms up: a first step of
+    100 s (on a clock that jumps at its forward pass) must not show in the speed of the steps after it."""
+    import model
+    real_forward, real_time, offset = model.GPT.forward, time.time, [0.0]
+
+    def slow_first_forward(self, *args, **kwargs):
+        offset[0] = 100.0  # from the first forward on: 100 s later than the real clock
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.GPT, "forward", slow_first_forward)
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+    run_here(monkeypatch, workdir, *TINY, "--max_iters=5", "--eval_interval=5", "--out_dir=out/t")
+    with open(workdir / "out/t/log.jsonl") as f:
+        speeds = [r["tokens_per_sec"] for r in map(json.loads, f) if "loss" in r]
+    tokens_per_step = 8 * 32
+    # counting the first step, step 2 would average ~90 s a step (2.8 tokens/s); each real step takes under 20 s
+    assert speeds[0] is None and all(s > tokens_per_step / 20 for s in speeds[1:]), speeds
+
+
 @pytest.mark.slow
 def test_nan_stops_and_existing_run_is_kept(workdir):
     assert run(workdir, *TINY, "--max_iters=4", "--eval_interval=4").returncode == 0
@@ -146,6 +197,31 @@ def test_ddp_two_processes_match_one(workdir):
     a, b = losses(workdir / "out/one/log.jsonl"), losses(workdir / "out/two/log.jsonl")
     assert [i for i, _ in a] == [i for i, _ in b] == list(range(1, 7))
     assert np.allclose([v for _, v in a], [v for _, v in b], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_several_machines_must_share_out_dir(workdir, tmp_path_factory):
+    """Two "machines" (a process each, each its own working folder, so out/toy is not one folder): only rank 0
+    writes checkpoints, yet every process resumes from them; a one-line refusal, not a hang or a mix."""
+    import socket
+    other = tmp_path_factory.mktemp("machine2")
+    shutil.copytree(workdir / "data", other / "data")
+    shutil.copy(workdir / "corpus.txt", other)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *TINY, "--max_iters=2"], cwd=cwd,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2",
+                                   "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)})
+             for rank, cwd in enumerate((workdir, other))]
+    (_, first), (_, second) = (proc.communicate(timeout=120) for proc in procs)
+    assert [proc.returncode for proc in procs] == [1, 1] and second.strip() == "", second
+    assert first.strip().splitlines()[-1] == ("out_dir out/toy is not one folder shared by all machines (another "
+                                              "machine does not see the first one's out/toy.lock): put it on a "
+                                              "shared file system"), first
+    assert not (other / "out/toy").exists()
 
 
 @pytest.mark.slow

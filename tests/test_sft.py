@@ -269,6 +269,31 @@ def test_ctrl_c_saves_last_pt_and_says_how_to_continue(work, monkeypatch):
     assert f"resuming out/ctrlc/last.pt at step {step}" in log
 
 
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(work, monkeypatch):
+    """float16 autocast + GradScaler (a T4's or V100's training) on the CPU: the run saved at step 4, resumed,
+    reaches step 8 with the very weights and loss scale (kept in last.pt) of the uninterrupted run."""
+    import model
+    real_save, at_step_4 = model.save_checkpoint, {}
+
+    def save_and_keep(path, *args, **kwargs):  # the run's folder as it stood at step 4
+        real_save(path, *args, **kwargs)
+        if kwargs["step"] <= 4:
+            at_step_4[os.path.basename(path)] = open(path, "rb").read()
+
+    monkeypatch.setattr(model, "save_checkpoint", save_and_keep)
+    common = ["--dtype=float16", "--max_iters=8", "--eval_interval=4", "--patience=100", "--learning_rate=1e-2"]
+    log = run_sft(work, monkeypatch, *common, "--out_dir=out/fp16")
+    assert " on cpu (float16)" in log and val_losses(log)[-1] < val_losses(log)[0]
+    os.makedirs(work / "out/fp16_resumed")
+    for name, data in at_step_4.items():
+        (work / "out/fp16_resumed" / name).write_bytes(data)
+    assert "resuming out/fp16_resumed/last.pt at step 4" in run_sft(work, monkeypatch, *common, "--resume",
+                                                                     "--out_dir=out/fp16_resumed")
+    full, resumed = (torch.load(work / f"out/{d}/last.pt", weights_only=True) for d in ("fp16", "fp16_resumed"))
+    assert full["scaler"] == resumed["scaler"] and full["scaler"]["_growth_tracker"] > 0
+    assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+
+
 def test_resume_refuses_data_built_with_another_tokenizer(work, monkeypatch):
     run_sft(work, monkeypatch, "--sft_dataset=swap", "--out_dir=out/swap", "--max_iters=2")
     run_sft(work, monkeypatch, "--build_only", "--force", "--sft_dataset=swap", "--init_from=out/other")
