@@ -174,7 +174,7 @@ def hub_files(src, who, extensions):
     the script). A ValueError (one line) when nothing fits, the hub refuses, or the dataset is out of reach."""
     from huggingface_hub import HfApi, snapshot_download  # imported here: half a second, for hub sources only
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
-    repo, rev, config, split = src["hub"], src.get("revision"), src.get("config"), src.get("split", "train")
+    repo, rev, config, split = src["hub"], src.get("revision") or "main", src.get("config"), src.get("split", "train")
     try:  # dataset_info is not retried: no network shows at once
         found = {f.rfilename: None for f in HfApi().dataset_info(repo, revision=rev).siblings}
     except HfHubHTTPError as e:
