@@ -52,7 +52,7 @@ def test_tiny_run_offline_against_a_local_hub(tmp_path, hub):
     assert any("/datasets/MBZUAI-Paris/Darija-SFT-Mixture/resolve/" in path for path, _ in hub.seen)
     # 4. eval: one report on the base and the fine-tuned model
     report = json.loads((tmp_path / "reports/darija_tiny_hub_sft/report.json").read_text("utf-8"))
-    assert [c["path"] for c in report["checkpoints"]] == ["out/darija_tiny", "out/darija_tiny_hub_sft/best.pt"]
+    assert [c["path"] for c in report["checkpoints"]] == ["out/darija_tiny", "out/darija_tiny_hub_sft"]
     assert (tmp_path / "reports/darija_tiny_hub_sft/report.md").exists() and (logs / "4_eval.done").exists()
     assert "== 3_sft: python sft.py config/sft_tiny_hub.py\n" in r.stdout  # a first run: nothing to continue
     # a second run skips what is done; without 2_pretrain.done, the pretrain continues from its last.pt
