@@ -12,7 +12,7 @@ if [ "${1:-}" = "--tiny" ]; then
   base=darija_tiny sft_config=config/sft_tiny_hub.py sft=darija_tiny_hub_sft sft_data=darija_tiny_hub items=20
   pretrain=(python pretrain.py)
 else
-  gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+  gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || true)
   if [ "$gpus" -eq 0 ]; then
     echo "runs/darija_gpu.sh: no NVIDIA GPU here (nvidia-smi lists none); on a CPU, run runs/darija_gpu.sh --tiny" >&2
     exit 1
