@@ -43,7 +43,7 @@ step 1_prepare  python prepare.py "config/$base.py"
 step 2_pretrain "${pretrain[@]}" "config/$base.py" $continue_pretrain
 step 3_sft      python sft.py "$sft_config" $continue_sft
 step 4_eval     python eval.py "out/$base" "out/$sft" --sft_dataset="$sft_data" --metric_items="$items" --out="reports/$sft" --force
-step 5_export   python export.py "out/$sft" --out_dir="export/$sft"
+step 5_export   python export.py "out/$sft" --out_dir="export/$sft" --force
 step 6_chat     python chat.py --ckpt "out/$sft" --prompt "salam, kidayr? chno smitek?" --temperature=0 --max_new_tokens=64
 
 echo "done: the report card is reports/$sft/report.md, the exported model export/$sft/, the logs $logs/"
