@@ -11,12 +11,16 @@ Mistakes end the script with one clear line. also_from=("prepare.py",) accepts t
 settings too, leaving them to it; settings are read from a script's source, never imported.
 
 The folders a run writes are settings too: plain_name() checks that a dataset or run name is one
-folder name, and claim() locks a folder for one process at a time (docs/reliability.md).
+folder name, and claim() locks a folder for one process at a time (docs/reliability.md). So are the
+Hugging Face datasets a `sources` setting names: hub_files() lists one's files for a config and split,
+and hub_read() reads one, downloaded through huggingface_hub's cache (checked, reused offline).
 """
 import ast
 import atexit
 import difflib
+import itertools
 import os
+import re
 import socket
 import sys
 import types
@@ -146,3 +150,81 @@ def release(path, me):  # at exit: remove the lock if it is still ours
             os.remove(path)
     except FileNotFoundError:
         pass
+
+
+# --- the hub datasets a `sources` setting names -------------------------------------------------
+
+def hub_refused(e, repo):
+    """The one line for a refusal from the hub: gated, private or missing (401, 403), not found (404), other."""
+    from huggingface_hub import constants
+    code, site = e.response.status_code, constants.ENDPOINT
+    if code not in (401, 403):
+        hint = ": check the name, config and split" if code == 404 else ""
+        return f"the hub answered HTTP {code} for {repo}{hint}"
+    why = ("no valid token was sent (HF_TOKEN is not set, nor `hf auth login` run, or the token is wrong)"
+           if code == 401 else "your token has not been granted access")
+    return (f"{repo} is gated, private or missing and {why} (HTTP {code}). Open {site}/datasets/{repo} , log in and "
+            f"accept its terms, create a read token at {site}/settings/tokens , then `export HF_TOKEN=hf_...` and run "
+            "again.")
+
+
+def hub_files(src, who, extensions):
+    """[(path in the repo, cached file or None)]: the files of a hub dataset (src: hub=, config=, split=, revision=)
+    with one of the extensions, in order. Without the network, its copy in the Hugging Face cache, saying so (who:
+    the script). A ValueError (one line) when nothing fits, the hub refuses, or the dataset is out of reach."""
+    from huggingface_hub import HfApi, snapshot_download  # imported here: half a second, for hub sources only
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+    repo, rev, config, split = src["hub"], src.get("revision") or "main", src.get("config"), src.get("split", "train")
+    try:  # dataset_info is not retried: no network shows at once
+        found = {f.rfilename: None for f in HfApi().dataset_info(repo, revision=rev).siblings}
+    except HfHubHTTPError as e:
+        raise ValueError(hub_refused(e, repo)) from None
+    except Exception as e:  # no network, HF_HUB_OFFLINE=1 (the error's class depends on huggingface_hub's version)
+        try:
+            folder = snapshot_download(repo, repo_type="dataset", revision=rev, local_files_only=True)
+        except (LocalEntryNotFoundError, ValueError):  # not downloaded before, or a malformed name
+            raise ValueError(f"cannot reach the hub for {repo} ({e}), and it is not in the Hugging Face cache: "
+                             "connect to the internet, or use local files") from None
+        print(f"{who}: cannot reach the hub ({e}): using {repo} from the Hugging Face cache", flush=True)
+        cached = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+        found = {os.path.relpath(path, folder).replace(os.sep, "/"): path for path in cached}
+    in_split = re.compile(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)")  # data/train-0000.parquet, train.jsonl, ...
+    paths = sorted(p for p in found if p.startswith(f"{config}/" if config else "") and in_split.search(p)
+                   and p.endswith(extensions))
+    if not paths:
+        raise ValueError(f"no {'/'.join(extensions)} files for split '{split}' in {repo} (config {config!r}); "
+                         f"found: {', '.join(sorted(found)[:8]) or 'nothing'}")
+    for path in paths:  # a hub (or HF_ENDPOINT) listing '../x' must not make us write outside the cache
+        if os.path.isabs(path) or ".." in re.split(r"[/\\]", path):
+            raise ValueError(f"{repo} lists a file outside the dataset, {path!r}: refusing to download anything")
+    return [(p, found[p]) for p in paths]
+
+
+def hub_read(src, remote, path, read, who):
+    """Yield what read(local path) yields from a hub file, downloading it into the Hugging Face cache (its size and
+    etag checked) only now. One found damaged (read raises OSError, EOFError or ValueError) is fetched again, once;
+    what was read before the damage showed is not given twice."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError
+    done = 0
+    for second_try in (False, True):
+        try:
+            path = path or hf_hub_download(src["hub"], remote, repo_type="dataset", revision=src.get("revision"))
+        except HfHubHTTPError as e:
+            raise ValueError(hub_refused(e, src["hub"])) from None
+        except Exception as e:  # the connection broke, or the file came short (then it is not cached)
+            raise ValueError(f"downloading {remote} from {src['hub']} failed ({e.__cause__ or e}); run again to "
+                             "resume") from None
+        try:
+            for item in itertools.islice(read(path), done, None):
+                yield item
+                done += 1
+            return
+        except (OSError, EOFError, ValueError) as e:  # a truncated .gz, a broken parquet, invalid UTF-8, ...
+            if second_try:
+                raise ValueError(f"{remote} from {src['hub']} cannot be read, even downloaded again ({e}): the hub's "
+                                 "copy is damaged; leave it out (another config or split), or tell its authors"
+                                 ) from None
+            print(f"{who}: {remote} in the Hugging Face cache is damaged ({e}): downloading it again", flush=True)
+            os.remove(os.path.realpath(path))  # the file itself, behind the snapshot's link to it
+            path = None

@@ -9,8 +9,9 @@ fine-tunes every weight of a pre-trained GPT with the loss on the assistant's to
 
 What happens, in order (and why):
 1. The base checkpoint (init_from) is loaded with its tokenizer.
-2. The dataset, data/sft/NAME/, is built when missing. Conversations are checked (a bad row is an
-   error naming its file and line). Parallel rows (Arabizi, Arabic script, English) become requests
+2. The dataset, data/sft/NAME/, is built when missing, from files and Hugging Face datasets. A bad row
+   (roles out of order, an empty turn, ...) is an error naming its file and line, or is skipped and
+   counted within max_bad_fraction. Parallel rows (Arabizi, Arabic script, English) become requests
    both ways between Darija and English and between the scripts, each in one of several phrasings
    (`prompts`): one template would teach the template, not the task. Rows sharing a sentence are
    grouped and split by a hash of the group, so no sentence is on both sides of train/val.
@@ -48,8 +49,10 @@ from model import (learning_rate_at, load_checkpoint, load_with_tokenizer, model
 init_from = "out/darija_small"      # the pre-trained checkpoint (a directory means its best.pt)
 out_dir = "out/darija_sft"
 sft_dataset = ""                    # data/sft/NAME/; "": named after init_from (its tokenizer)
-# sources: kind "conversations" ({"messages": [...]} per line) or kind "pairs" (JSONL or CSV with
-# parallel columns; name the column holding each of latin / arabic / english, at least two of them)
+# sources: a file (path=: JSONL, CSV or parquet) or a Hugging Face dataset (hub="owner/name", config=, split="train",
+# revision=), max_rows= (the first rows only), max_bad_fraction= (this source's own); of kind "conversations" (a
+# column of [{role, content}, ...], messages="messages") or "pairs" (parallel columns: name those holding at
+# least two of latin=, arabic=, english=)
 sources = [dict(path="data/sample/sft/conversations.jsonl", kind="conversations"),
            dict(path="data/sample/sft/pairs.jsonl", kind="pairs", latin="darija", arabic="darija_ar", english="eng")]
 tasks = ["dar2en", "en2dar", "lat2ar", "ar2lat"]  # pairs made from parallel rows (Darija->English, ...)
@@ -57,7 +60,8 @@ prompts = "data/sample/sft/prompts.json"  # how each task's requests are phrased
 system_prompt = "nta m3awen kayhder b darija. jaweb b wdo7 o b ikhtisar."
 system_prompt_share = 0.3           # share of pair examples that start with the system prompt
 val_fraction = 0.05
-max_bad_fraction = 0.0              # bad rows tolerated per file (skipped, each reported); 0: fail
+max_bad_fraction = 0.0              # bad rows tolerated per source (skipped, counted); 0: fail
+max_tokens = 0                      # a conversation longer, even cut to its first exchange, is a bad row; 0: no limit
 build_only = False
 force = False                       # rebuild a dataset / overwrite out_dir (never files sft.py did not write)
 resume = False                      # continue from out_dir/last.pt (saved at each eval, and on Ctrl-C)
@@ -88,7 +92,7 @@ metric_skip = 0                     # held-out items passed over first (scores i
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-from configurator import claim, configure, plain_name  # noqa: E402
+from configurator import claim, configure, hub_files, hub_read, plain_name  # noqa: E402
 config = configure(globals())
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -116,8 +120,14 @@ def normalized(text):
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def read_rows(path):
-    """Yield (line number, row dict) from a JSONL or CSV file; unreadable lines are ValueErrors."""
+def read_rows(path, name):
+    """Yield (line or row number, row dict) from a JSONL, CSV or parquet file (`name` in messages); unreadable
+    lines are ValueErrors."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq  # imported here: only parquet files need it
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        yield from enumerate((row for batch in batches for row in batch.to_pylist()), 1)
+        return
     if not os.path.isfile(path):
         raise ValueError(f"source file not found: {path} (see README 'Instruction tuning' for how to get data)")
     raw = Path(path).read_bytes()
@@ -125,7 +135,7 @@ def read_rows(path):
         f = io.StringIO(raw.decode("utf-8"), newline="")  # as a text file: lines end at \n, \r or \r\n
     except UnicodeDecodeError as e:  # the codec knows only the byte offset: name the line
         line = len(raw[:e.start + 1].splitlines())  # bytes split at \n, \r and \r\n too
-        raise ValueError(f"{path} line {line}: not valid UTF-8 (byte {raw[e.start]:#04x}): save it as UTF-8") from None
+        raise ValueError(f"{name} line {line}: not valid UTF-8 (byte {raw[e.start]:#04x}): save it as UTF-8") from None
     if path.endswith(".csv"):
         csv.field_size_limit(2**31 - 1)  # a field can be a long conversation turn: csv's default stops at 128 KB
         reader = csv.DictReader(f)
@@ -141,39 +151,52 @@ def read_rows(path):
         yield n, row if isinstance(row, (dict, ValueError)) else ValueError("expected a JSON object")
 
 
+def source_rows(src):
+    """Yield (file, line or row number, row) of a source's files in turn (hub files downloaded as they come)."""
+    files = hub_files(src, "sft.py", (".jsonl", ".csv", ".parquet")) if "hub" in src else [(None, src["path"])]
+    for remote, path in files:
+        name = f"{src['hub']}/{remote}" if remote else path
+        rows = hub_read(src, remote, path, lambda local: read_rows(local, name), "sft.py") if remote else \
+            read_rows(path, name)
+        yield from ((name, n, row) for n, row in rows)
+
+
 def read_source(src, tok):
-    """Validated items of one source: conversations, or dicts of {latin, arabic, english} text."""
-    path, kind = src.get("path"), src.get("kind")
+    """Validated items of one source, a file or a hub dataset: conversations, or dicts of {latin, arabic, english}
+    text. Rows that break the format are skipped and counted while at most max_bad_fraction of the source."""
+    keys = {"path", "hub", "config", "split", "revision", "max_rows", "max_bad_fraction", "kind", "messages", "latin",
+            "arabic", "english"}
+    if not isinstance(src, dict) or ["path" in src, "hub" in src].count(True) != 1 or set(src) - keys:
+        raise ValueError(f"source {src!r}: a dict with path= or hub=, and the keys {', '.join(sorted(keys))}")
+    kind, field = src.get("kind"), src.get("messages", "messages")
+    columns = {k: src[k] for k in ("latin", "arabic", "english") if src.get(k)}
     if kind not in ("conversations", "pairs"):
         raise ValueError(f"source {src}: kind must be 'conversations' or 'pairs'")
-    columns = {k: src[k] for k in ("latin", "arabic", "english") if src.get(k)}
     if kind == "pairs" and len(columns) < 2:
-        raise ValueError(f"source {path}: name at least two columns among latin=, arabic=, english=")
+        raise ValueError(f"source {src!r}: name at least two columns among latin=, arabic=, english=")
     items, bad, rows = [], [], 0
-    for n, row in read_rows(path):
-        rows += 1
+    for rows, (name, n, row) in enumerate(itertools.islice(source_rows(src), src.get("max_rows")), 1):
         try:
             if isinstance(row, ValueError):
                 raise row
-            if kind == "conversations":
-                if not isinstance(row.get("messages"), list):
-                    raise ValueError("missing field 'messages' (a list of {role, content})")
-                tok.render_conversation(row["messages"])  # ValueError: roles out of order, empty turn...
-                items.append(dict(messages=row["messages"], origin=f"{path}:{n}"))
+            gone = [c for c in ([field] if kind == "conversations" else columns.values()) if c not in row]
+            if gone:
+                raise ValueError(f"missing field {gone[0]!r} (the row has {', '.join(sorted(row)) or 'nothing'})")
+            if kind == "conversations":  # fit_conversation raises on roles out of order, an empty turn, ...
+                if not tok.fit_conversation(row[field], max_tokens or float("inf")):
+                    raise ValueError(f"over-long: over max_tokens={max_tokens} tokens, even cut to its first exchange")
+                items.append(dict(messages=row[field], origin=f"{name}:{n}"))
             else:
-                gone = [c for c in columns.values() if c not in row]
-                if gone:
-                    raise ValueError(f"missing field {gone[0]!r} (the row has {', '.join(sorted(row)) or 'nothing'})")
                 texts = {k: " ".join(str(row[c] or "").split()) for k, c in columns.items()}
                 texts = {k: v for k, v in texts.items() if v}
                 if len(texts) < 2:
                     raise ValueError("fewer than two non-empty texts: nothing to pair")
-                items.append(dict(texts, origin=f"{path}:{n}"))
+                items.append(dict(texts, origin=f"{name}:{n}"))
         except ValueError as e:
-            bad.append(f"{path} line {n}: {e}")
-    if len(bad) > max_bad_fraction * rows:
-        more = f" (and {len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
-        raise ValueError(f"{bad[0]}{more}; fix the file, or allow a share of bad rows with --max_bad_fraction")
+            bad.append(f"{name} {'row' if name.endswith('.parquet') else 'line'} {n}: {e}")
+    if len(bad) > src.get("max_bad_fraction", max_bad_fraction) * rows:
+        more = f" (and {len(bad) - 1} more bad rows of {rows})" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0]}{more}; fix the source, or allow a share of bad rows with --max_bad_fraction")
     for b in bad[:5]:
         print(f"  skipped {b}")
     return items, len(bad)
@@ -224,7 +247,7 @@ def in_val(key):  # a stable split decision from a hash: independent of file ord
 def build_dataset(data_dir, tok, tok_path, tok_sha):
     items, report, seen = [], [], set()
     for src in sources:
-        if os.path.realpath(str(src.get("path"))).startswith(os.path.realpath(data_dir) + os.sep):
+        if "path" in src and os.path.realpath(str(src["path"])).startswith(os.path.realpath(data_dir) + os.sep):
             raise ValueError(f"source {src['path']} lies inside {data_dir}/, which sft.py rewrites: move it out")
         got, n_bad = read_source(src, tok)
         fresh = []
@@ -233,8 +256,8 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
             if key not in seen:
                 seen.add(key)
                 fresh.append(item)
-        report.append(dict(path=src["path"], kind=src["kind"], items=len(fresh),
-                           duplicates=len(got) - len(fresh), bad_rows=n_bad))
+        report.append(dict({k: src[k] for k in ("path", "hub", "config", "split") if k in src}, kind=src["kind"],
+                           items=len(fresh), duplicates=len(got) - len(fresh), bad_rows=n_bad))
         items += fresh
     groups = group_items(items)
     val_groups = {g for g in set(groups) if in_val(min(item_keys(items[g])))}
@@ -317,7 +340,8 @@ if build_only or not built:
 else:
     print(f"using the SFT dataset in {data_dir}/ (delete it or run --build_only --force to rebuild)")
 for src in stats["sources"]:
-    print(f"  {src['path']}: {src['items']:,} items ({src['duplicates']:,} duplicates, {src['bad_rows']} bad rows)")
+    print(f"  {src.get('path') or src['hub']}: {src['items']:,} items ({src['duplicates']:,} duplicates, "
+          f"{src['bad_rows']} bad rows)")
 print(f"  {stats['items']:,} items in {stats['groups']:,} groups (items sharing a sentence stay together)")
 for name in ("train", "val"):
     per_task = ", ".join(f"{task} {count:,}" for task, count in stats[name]["tasks"].items())

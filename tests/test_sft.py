@@ -18,7 +18,7 @@ import torch
 
 import configurator
 from bpe import Tokenizer
-from conftest import ROOT
+from conftest import ROOT, sft_mixture_parquet
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 
 PAIRS = [dict(darija=f"jomla {i} dyal darija", darija_ar=f"جملة {i} ديال الدارجة" if i % 2 else "",
@@ -343,3 +343,117 @@ def test_a_csv_field_over_128_kb_is_read(work, monkeypatch):
     examples = (work / "data/sft/long/train.jsonl").read_text("utf-8") + (work / "data/sft/long/val.jsonl").read_text("utf-8")
     assert json.loads((work / "data/sft/long/stats.json").read_text("utf-8"))["items"] == 41
     assert long_answer.strip() in examples
+
+
+# --- sources in parquet files and on the hub (Darija-SFT-Mixture's shape) ----------------------------
+
+def chat(i, answer=None, first="user"):
+    second = "assistant" if first == "user" else "user"
+    return [{"role": first, "content": f"salam {i}"}, {"role": second, "content": f"labas {i}" if answer is None else answer}]
+
+
+BAD_ROWS = {"roles out of order": (chat(90, first="assistant"), "message 0: expected role 'user', got 'assistant'"),
+            "an empty turn": (chat(91, answer=""), "message 1 (assistant): content must be a non-empty string"),
+            "over-long": (chat(92, answer="bzaf " * 40), "over-long: over max_tokens=60 tokens, even cut to its first")}
+MIXTURE = [chat(i) for i in range(12)]
+MIXTURE[1:1] = [BAD_ROWS["roles out of order"][0]]  # rows 2, 4 and 6 of the first file are bad
+MIXTURE[3:3] = [BAD_ROWS["an empty turn"][0]]
+MIXTURE[5:5] = [BAD_ROWS["over-long"][0]]
+
+
+@pytest.mark.parametrize("bad", BAD_ROWS)
+def test_each_bad_row_is_named_then_skipped_and_counted_within_max_bad_fraction(work, monkeypatch, bad):
+    conversation, message = BAD_ROWS[bad]
+    name = bad.replace(" ", "_").replace("-", "_")
+    (work / "mix.parquet").write_bytes(sft_mixture_parquet([chat(1), chat(2), conversation, chat(3)]))
+    source = "--sources=[{'path': 'mix.parquet', 'kind': 'conversations'}]"
+    with pytest.raises(SystemExit) as e:
+        run_sft(work, monkeypatch, "--build_only", f"--sft_dataset={name}", "--max_tokens=60", source)
+    assert str(e.value).startswith(f"sft.py: mix.parquet row 3: {message}")
+    assert str(e.value).endswith("; fix the source, or allow a share of bad rows with --max_bad_fraction")
+    out = run_sft(work, monkeypatch, "--build_only", f"--sft_dataset={name}", "--max_tokens=60",
+                  source.replace("'conversations'", "'conversations', 'max_bad_fraction': 0.25"))
+    assert f"skipped mix.parquet row 3: {message}" in out
+    stats = json.loads((work / f"data/sft/{name}/stats.json").read_text("utf-8"))
+    assert stats["sources"] == [dict(path="mix.parquet", kind="conversations", items=3, duplicates=0, bad_rows=1)]
+
+
+def test_a_missing_column_is_named_with_the_columns_there(work, monkeypatch):
+    (work / "mix.parquet").write_bytes(sft_mixture_parquet([chat(1), chat(2)]))
+    with pytest.raises(SystemExit, match=r"^sft.py: mix.parquet row 1: missing field 'conversation' \(the row has "
+                                         r"dataset, direction, id, messages, metadata\) \(and 1 more bad rows of 2\)"):
+        run_sft(work, monkeypatch, "--build_only", "--sft_dataset=nocol",
+                "--sources=[{'path': 'mix.parquet', 'kind': 'conversations', 'messages': 'conversation'}]")
+    with pytest.raises(SystemExit, match=r"source .*'max_row'.*: a dict with path= or hub=, and the keys .*max_rows"):
+        run_sft(work, monkeypatch, "--build_only", "--sft_dataset=typo",
+                "--sources=[{'path': 'mix.parquet', 'kind': 'conversations', 'max_row': 5}]")
+
+
+def run_hub(work, hub_url, *args, ok=True):
+    """sft.py --build_only as its own process (huggingface_hub reads HF_ENDPOINT when imported), with the Hugging
+    Face cache in work/hf_home/ and none of the user's HF_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_ENDPOINT": hub_url, "HF_HOME": str(work / "hf_home")}
+    r = subprocess.run([sys.executable, str(ROOT / "sft.py"), "sft_test.py", "--build_only", *args], cwd=work,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+    return r
+
+
+def hub_mixture(hub):
+    """me/mix: MIXTURE in two parquet files (train) and a test file; me/pairs: two configs of parallel rows."""
+    hub.datasets["me/mix"] = {"data/train-00000-of-00002.parquet": sft_mixture_parquet(MIXTURE[:8]),
+                              "data/train-00001-of-00002.parquet": sft_mixture_parquet(MIXTURE[8:]),
+                              "data/test-00000-of-00001.parquet": b"never read", "README.md": b"license: odc-by\n"}
+    hub.datasets["me/pairs"] = {f"{config}/train.jsonl": "".join(json.dumps(p) + "\n" for p in PAIRS[i:i + 20]).encode()
+                                for i, config in ((0, "doda"), (20, "other"))}
+    return [dict(hub="me/mix", kind="conversations", max_bad_fraction=0.25),
+            dict(hub="me/pairs", config="doda", split="train", kind="pairs", latin="darija", english="eng")]
+
+
+def test_hub_sources_conversations_and_pairs_by_config_and_split(work, hub):
+    sources = hub_mixture(hub)
+    r = run_hub(work, hub.url, "--sft_dataset=hub", "--max_tokens=60", f"--sources={sources!r}")
+    for row, (_, message) in zip((2, 4, 6), BAD_ROWS.values()):
+        assert f"skipped me/mix/data/train-00000-of-00002.parquet row {row}: {message}" in r.stdout
+    d = work / "data/sft/hub"
+    stats = json.loads((d / "stats.json").read_text("utf-8"))
+    assert [(s["hub"], s.get("config"), s["items"], s["bad_rows"]) for s in stats["sources"]] == [
+        ("me/mix", None, 12, 3), ("me/pairs", "doda", 20, 0)]
+    examples = (d / "train.jsonl").read_text("utf-8") + (d / "val.jsonl").read_text("utf-8")
+    assert '"origin": "me/mix/data/train-00001-of-00002.parquet:4"' in examples and '"task": "dar2en"' in examples
+    assert not any("test-0000" in path or "other/" in path for path, _ in hub.seen)
+
+
+@pytest.mark.slow  # five runs of sft.py, each in its own process
+def test_hub_max_rows_a_damaged_cache_file_and_no_network(work, hub):
+    sources = hub_mixture(hub)
+    run_hub(work, hub.url, "--sft_dataset=hubs", "--max_tokens=60", f"--sources={sources!r}")
+    d = work / "data/sft/hubs"
+    # max_rows: the first rows only, and the second file is never downloaded
+    hub.seen.clear()
+    run_hub(work, hub.url, "--sft_dataset=hubs3", f"--sources={[dict(sources[0], max_rows=3, max_bad_fraction=0.5)]!r}")
+    assert json.loads((work / "data/sft/hubs3/stats.json").read_text())["sources"][0]["items"] == 2
+    assert not any("train-00001" in path for path, _ in hub.seen)
+    # a damaged file in the cache is fetched again; then, the hub gone, the cache serves, saying so
+    (cached,) = (work / "hf_home/hub/datasets--me--mix/snapshots").glob("*/data/train-00000-of-00002.parquet")
+    cached.write_bytes(cached.read_bytes()[:100])
+    r = run_hub(work, hub.url, "--sft_dataset=hubs2", "--max_tokens=60", f"--sources={sources!r}")
+    assert "sft.py: data/train-00000-of-00002.parquet in the Hugging Face cache is damaged (" in r.stdout
+    for name in ("train.jsonl", "val.jsonl"):
+        assert (work / "data/sft/hubs2" / name).read_bytes() == (d / name).read_bytes()
+    offline = "http://127.0.0.1:9"  # nothing listens there
+    r = run_hub(work, offline, "--sft_dataset=hubs4", "--max_tokens=60", f"--sources={sources!r}")
+    assert "sft.py: cannot reach the hub (" in r.stdout and "): using me/mix from the Hugging Face cache" in r.stdout
+    assert (work / "data/sft/hubs4/train.jsonl").read_bytes() == (d / "train.jsonl").read_bytes()
+    r = run_hub(work, offline, "--sft_dataset=hubs5", "--sources=[{'hub': 'me/other', 'kind': 'conversations'}]", ok=False)
+    assert r.stderr.startswith("sft.py: cannot reach the hub for me/other (") and r.stderr.count("\n") == 1
+    assert r.stderr.endswith("and it is not in the Hugging Face cache: connect to the internet, or use local files\n")
+
+
+def test_a_gated_hub_dataset_says_what_to_do_in_one_line(work, hub):
+    hub.datasets["me/gated"], hub.gated["me/gated"] = {"data/train.jsonl": b"{}\n"}, 401
+    r = run_hub(work, hub.url, "--sft_dataset=gated", "--sources=[{'hub': 'me/gated', 'kind': 'conversations'}]", ok=False)
+    assert r.stderr.startswith("sft.py: me/gated is gated, private or missing and no valid token was sent (HF_TOKEN is "
+                               "not set, nor `hf auth login` run, or the token is wrong) (HTTP 401). Open ")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
