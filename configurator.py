@@ -17,6 +17,7 @@ and hub_read() reads one, downloaded through huggingface_hub's cache (checked, r
 """
 import ast
 import atexit
+import csv
 import difflib
 import itertools
 import os
@@ -24,6 +25,7 @@ import re
 import socket
 import sys
 import types
+import zlib
 
 
 def setting_names(script_path):
@@ -157,13 +159,15 @@ def release(path, me):  # at exit: remove the lock if it is still ours
 def hub_refused(e, repo):
     """The one line for a refusal from the hub: gated, private or missing (401, 403), not found (404), other."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import GatedRepoError
     code, site = e.response.status_code, constants.ENDPOINT
     if code not in (401, 403):
         hint = ": check the name, config and split" if code == 404 else ""
         return f"the hub answered HTTP {code} for {repo}{hint}"
     why = ("no valid token was sent (HF_TOKEN is not set, nor `hf auth login` run, or the token is wrong)"
            if code == 401 else "your token has not been granted access")
-    return (f"{repo} is gated, private or missing and {why} (HTTP {code}). Open {site}/datasets/{repo} , log in and "
+    what = "is a gated dataset" if isinstance(e, GatedRepoError) else "is gated, private or missing"  # 401 for all
+    return (f"{repo} {what} and {why} (HTTP {code}). Open {site}/datasets/{repo} , log in and "
             f"accept its terms, create a read token at {site}/settings/tokens , then `export HF_TOKEN=hf_...` and run "
             "again.")
 
@@ -171,7 +175,8 @@ def hub_refused(e, repo):
 def hub_files(src, who, extensions):
     """[(path in the repo, cached file or None)]: the files of a hub dataset (src: hub=, config=, split=, revision=)
     with one of the extensions, in order. Without the network, its copy in the Hugging Face cache, saying so (who:
-    the script). A ValueError (one line) when nothing fits, the hub refuses, or the dataset is out of reach."""
+    the script). A ValueError (one line) when nothing fits or the hub refuses; a ConnectionError when the dataset is
+    out of reach (not cached either)."""
     from huggingface_hub import HfApi, snapshot_download  # imported here: half a second, for hub sources only
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
     repo, rev, config, split = src["hub"], src.get("revision") or "main", src.get("config"), src.get("split", "train")
@@ -182,9 +187,11 @@ def hub_files(src, who, extensions):
     except Exception as e:  # no network, HF_HUB_OFFLINE=1 (the error's class depends on huggingface_hub's version)
         try:
             folder = snapshot_download(repo, repo_type="dataset", revision=rev, local_files_only=True)
-        except (LocalEntryNotFoundError, ValueError):  # not downloaded before, or a malformed name
-            raise ValueError(f"cannot reach the hub for {repo} ({e}), and it is not in the Hugging Face cache: "
-                             "connect to the internet, or use local files") from None
+        except LocalEntryNotFoundError:  # not downloaded before (a ValueError too: caught first)
+            raise ConnectionError(f"cannot reach the hub for {repo} ({e}), and it is not in the Hugging Face cache: "
+                                  "connect to the internet, or use local files") from None
+        except ValueError as malformed:  # a name that is no repo name
+            raise ValueError(f"hub={repo!r}: {malformed}") from None
         print(f"{who}: cannot reach the hub ({e}): using {repo} from the Hugging Face cache", flush=True)
         cached = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
         found = {os.path.relpath(path, folder).replace(os.sep, "/"): path for path in cached}
@@ -192,7 +199,9 @@ def hub_files(src, who, extensions):
     paths = sorted(p for p in found if p.startswith(f"{config}/" if config else "") and in_split.search(p)
                    and p.endswith(extensions))
     if not paths:
-        raise ValueError(f"no {'/'.join(extensions)} files for split '{split}' in {repo} (config {config!r}); "
+        kinds = "/".join(ext for ext in extensions if not ext.endswith(".gz"))
+        kinds += " (or .gz)" if any(ext.endswith(".gz") for ext in extensions) else ""
+        raise ValueError(f"no {kinds} files for split '{split}' in {repo} (config {config!r}); "
                          f"found: {', '.join(sorted(found)[:8]) or 'nothing'}")
     for path in paths:  # a hub (or HF_ENDPOINT) listing '../x' must not make us write outside the cache
         if os.path.isabs(path) or ".." in re.split(r"[/\\]", path):
@@ -202,8 +211,8 @@ def hub_files(src, who, extensions):
 
 def hub_read(src, remote, path, read, who):
     """Yield what read(local path) yields from a hub file, downloading it into the Hugging Face cache (its size and
-    etag checked) only now. One found damaged (read raises OSError, EOFError or ValueError) is fetched again, once;
-    what was read before the damage showed is not given twice."""
+    etag checked) only now. One found damaged (read raises an OSError, EOFError, ValueError, zlib or csv error) is
+    fetched again, once; what was read before the damage showed is not given twice."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError
     done = 0
@@ -220,7 +229,7 @@ def hub_read(src, remote, path, read, who):
                 yield item
                 done += 1
             return
-        except (OSError, EOFError, ValueError) as e:  # a truncated .gz, a broken parquet, invalid UTF-8, ...
+        except (OSError, EOFError, ValueError, zlib.error, csv.Error) as e:  # a truncated .gz, a broken parquet, ...
             if second_try:
                 raise ValueError(f"{remote} from {src['hub']} cannot be read, even downloaded again ({e}): the hub's "
                                  "copy is damaged; leave it out (another config or split), or tell its authors"

@@ -32,8 +32,6 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
-from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
 import numpy as np
 import regex
 from tqdm import tqdm
@@ -65,7 +63,7 @@ tokenizer_train_bytes = 10_000_000  # size of the random sample of training text
 num_threads = 0                 # encoding threads (0 = all cores)
 force = False                   # rebuild data/NAME/ even when it exists (built with other settings)
 
-from configurator import claim, configure, plain_name, setting_names  # noqa: E402
+from configurator import claim, configure, hub_files, hub_read, plain_name, setting_names  # noqa: E402
 configure(globals(), also_from=("pretrain.py",))
 SETTINGS = {k: globals()[k] for k in setting_names(__file__)}
 
@@ -121,52 +119,8 @@ def up_to_date(out, settings):
 
 # --- 1. Getting text: the hub, local files ---------------------------------------------------
 DATA_EXT = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+HUB_EXT = DATA_EXT + tuple(ext + ".gz" for ext in DATA_EXT)
 SOURCE_KEYS = {"hub", "path", "config", "split", "revision", "text_field", "txt_docs", "max_chars", "name"}
-
-
-def hub_refused(e, repo):
-    """Stop with one line when the hub answers with an error: gated (401, 403), not found (404), other."""
-    code = e.response.status_code
-    if code not in (401, 403):
-        fail(f"the hub answered HTTP {code} for {repo}" + (": check the name, config and split" if code == 404 else ""))
-    # without a token, the hub answers 401 for private and missing datasets too
-    what = "is a gated dataset" if isinstance(e, GatedRepoError) else "is gated, private or missing"
-    why = ("no valid token was sent (HF_TOKEN is not set, nor `hf auth login` run, or the token is wrong)"
-           if code == 401 else "your token has not been granted access")
-    site = constants.ENDPOINT
-    fail(f"{repo} {what} and {why} (HTTP {code}). Open {site}/datasets/{repo} , log in and accept its terms, "
-         f"create a read token at {site}/settings/tokens , then `export HF_TOKEN=hf_...` and run again.")
-
-
-def hub_files(src):
-    """A hub dataset's files for one config (a folder) and split, in order: (path in the repo, local path or None)."""
-    repo, rev, config = src["hub"], src.get("revision", "main"), src.get("config")
-    try:
-        HfApi().dataset_info(repo, revision=rev)  # not retried (list_repo_tree is): no network shows at once
-        tree = HfApi().list_repo_tree(repo, config, repo_type="dataset", revision=rev, recursive=True)
-        found = {entry.path: None for entry in tree}  # files and folders (no folder ends in DATA_EXT)
-    except HfHubHTTPError as e:
-        hub_refused(e, repo)
-    except ValueError as e:  # a malformed name, or an HF_ENDPOINT that is not a hub
-        fail(f"hub={repo!r}: {e}")
-    except Exception as e:  # no network or HF_HUB_OFFLINE=1; a requests, httpx or httpx2 error, by hub version
-        try:  # downloaded before?
-            folder = snapshot_download(repo, repo_type="dataset", revision=rev, local_files_only=True)
-        except LocalEntryNotFoundError:  # main() falls back to the sample corpus
-            raise ConnectionError(f"{constants.ENDPOINT.split('/')[2]}: {e}") from None
-        print(f"prepare.py: cannot reach the hub ({e}): using {repo} from the Hugging Face cache", flush=True)
-        cached = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(folder, config or "")) for f in fs]
-        found = {os.path.relpath(path, folder): path for path in cached}
-    split = src.get("split", "train")
-    paths = sorted(p for p in found if p.removesuffix(".gz").endswith(DATA_EXT)
-                   and re.search(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)", p))
-    if not paths:
-        fail(f"no data files for split '{split}' in {repo} (config {config!r}); "
-             f"found: {', '.join(sorted(found)[:8]) or 'nothing'}")
-    for path in paths:  # a hub (or HF_ENDPOINT) listing '../x' must not make us write outside the cache
-        if os.path.isabs(path) or ".." in re.split(r"[/\\]", path):
-            fail(f"{repo} lists a file outside the dataset, {path!r}: refusing to download anything from it")
-    return [(p, found[p]) for p in paths]
 
 
 def local_files(path):
@@ -202,8 +156,12 @@ def plan(srcs):
     """List each source's files: (name, src, [(path in a hub repo or None, local path)])."""
     planned = []
     for src in srcs:
-        if "hub" in src:
-            files, name = hub_files(src), src["hub"] + (f"/{src['config']}" if src.get("config") else "")
+        if "hub" in src:  # a ConnectionError (out of reach, not cached) goes up to main(): the sample corpus
+            try:
+                files = hub_files(src, "prepare.py", HUB_EXT)
+            except ValueError as e:  # the hub refused, or nothing fits the config and split
+                fail(str(e))
+            name = src["hub"] + (f"/{src['config']}" if src.get("config") else "")
         else:
             files, name = [(None, p) for p in local_files(src["path"])], src["path"]
         planned.append((src.get("name", name), src, files))
@@ -284,35 +242,24 @@ def read_file(path, src, stats):
         print(f"  {path}: skipped {bad} malformed records of {total} (first at line {first_bad})")
 
 
-def download(src, remote):
-    """A hub file's local path, downloaded into the Hugging Face cache (its size and etag checked) if not there."""
-    try:
-        return hf_hub_download(src["hub"], remote, repo_type="dataset", revision=src.get("revision"))
-    except HfHubHTTPError as e:
-        hub_refused(e, src["hub"])
-    except Exception as e:  # the connection broke, or the file came short (then it is not cached)
-        fail(f"downloading {remote} from the hub failed ({e.__cause__ or e}); run again to resume")
-
-
 def documents(src, remote, path, stats):
-    """The documents of one file (a hub file is downloaded only now: max_chars may not need it). A hub file found
-    damaged is fetched again, once; the documents read before the damage showed are not given twice."""
-    path, done, bad_lines = path or download(src, remote), 0, stats["bad_utf8_lines"]
-    for second_try in (False, True):
+    """The documents of one file. A hub file is downloaded only now (max_chars may not need it), and one found damaged
+    in the Hugging Face cache is fetched again, once (configurator.hub_read)."""
+    if remote is None:
         try:
-            for doc in itertools.islice(read_file(path, src, stats), done, None):
-                yield doc
-                done += 1
-            return
+            yield from read_file(path, src, stats)
         except (OSError, EOFError, ValueError, zlib.error, csv.Error) as e:  # a truncated .gz, a broken parquet, ...
-            if remote is None:
-                fail(f"{path}: cannot be read ({e}); replace the file, or leave it out of the sources")
-            if second_try:
-                fail(f"{remote} from {src['hub']} cannot be read, even downloaded again ({e}): the hub's copy is "
-                     "damaged; leave it out (another config or split), or tell the dataset's authors")
-            print(f"prepare.py: {remote} in the Hugging Face cache is damaged ({e}): downloading it again", flush=True)
-            os.remove(os.path.realpath(path))  # the file itself, behind the snapshot's link to it
-            path, stats["bad_utf8_lines"] = download(src, remote), bad_lines  # read again from its first line
+            fail(f"{path}: cannot be read ({e}); replace the file, or leave it out of the sources")
+        return
+    bad_lines = stats["bad_utf8_lines"]
+
+    def read_again(local):  # a second try reads the file from its first line: so does its count of bad lines
+        stats["bad_utf8_lines"] = bad_lines
+        return read_file(local, src, stats)
+    try:
+        yield from hub_read(src, remote, path, read_again, "prepare.py")
+    except ValueError as e:  # a refused or broken download, a file damaged on the hub itself
+        fail(str(e))
 
 
 def read_sources(planned, stats):
@@ -500,8 +447,8 @@ def main():
             planned = plan(sources)
         except ConnectionError as e:  # the hub is out of reach and the dataset is not in the cache
             if not fallback:
-                fail(f"cannot reach {e}; connect to the internet, or use local sources")
-            print(f"prepare.py: cannot reach {e}: using the sample corpus in {fallback} instead "
+                fail(str(e))
+            print(f"prepare.py: {e}. Using the sample corpus in {fallback} instead "
                   "(a small demo, not a real training set)", flush=True)
             path = os.path.join(os.path.dirname(os.path.abspath(__file__)), fallback)  # beside this file
             planned, fallback_used = plan([dict(path=path, txt_docs="block", name=fallback)]), True

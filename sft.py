@@ -335,7 +335,7 @@ if build_only or not built:
     print(f"building the SFT dataset in {data_dir}/ with tokenizer {tok_path}")
     try:
         stats = build_dataset(data_dir, tok, tok_path, tok_sha)
-    except ValueError as e:
+    except (ValueError, ConnectionError) as e:  # ConnectionError: a hub dataset out of reach, not cached
         fail(str(e))
 else:
     print(f"using the SFT dataset in {data_dir}/ (delete it or run --build_only --force to rebuild)")

@@ -454,6 +454,6 @@ def test_hub_max_rows_a_damaged_cache_file_and_no_network(work, hub):
 def test_a_gated_hub_dataset_says_what_to_do_in_one_line(work, hub):
     hub.datasets["me/gated"], hub.gated["me/gated"] = {"data/train.jsonl": b"{}\n"}, 401
     r = run_hub(work, hub.url, "--sft_dataset=gated", "--sources=[{'hub': 'me/gated', 'kind': 'conversations'}]", ok=False)
-    assert r.stderr.startswith("sft.py: me/gated is gated, private or missing and no valid token was sent (HF_TOKEN is "
+    assert r.stderr.startswith("sft.py: me/gated is a gated dataset and no valid token was sent (HF_TOKEN is "
                                "not set, nor `hf auth login` run, or the token is wrong) (HTTP 401). Open ")
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
