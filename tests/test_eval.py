@@ -1,6 +1,7 @@
-"""eval.py: chrF (as sacrebleu's), a report of a base and a chat checkpoint side by side (report.json,
-report.md, the printed tables), and one line for each bad input. A tiny tokenizer, two tiny GPTs and
-an SFT dataset in sft.py's format are made here, so nothing needs a trained model or ../shared."""
+"""eval.py: chrF and BLEU (as sacrebleu's), bits per byte (as pretrain.py's), multiple choice by
+log-likelihood, a report of a base and a chat checkpoint side by side (report.json, report.md, report.png,
+the printed tables), hub files, and one line for each bad input. A tiny tokenizer, tiny GPTs, held-out
+data in prepare.py's and sft.py's formats are made here, so nothing needs a trained model or ../shared."""
 import hashlib
 import io
 import json
@@ -10,14 +11,16 @@ import runpy
 import subprocess
 import sys
 from contextlib import redirect_stdout
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import configurator
 from bpe import Tokenizer
 from conftest import ROOT
-from eval import chrf
+from eval import bleu, chrf, normalised
 from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 REFS = ["sba7 lkhir a sa7bi", "wach nta mzyan?", "I went home yesterday", "السلام عليكم", "كيداير؟ لاباس عليك",
@@ -67,19 +70,54 @@ def test_chrf_equals_sacrebleu_on_50_fixed_pairs():
             sacrebleu.corpus_chrf(hyps[i:i + 3], [refs[i:i + 3]]).score, abs=0.01)
 
 
+def test_bleu_by_hand():
+    assert bleu(["wach nta mzyan ?"], ["wach nta mzyan ?"]) == pytest.approx(100.0) and bleu(["xyz"], ["abc"]) == 0.0
+    # "a b c d" vs "a b c e": precisions 3/4, 2/3, 1/2, and no 4-gram match: 1 / (2 x 1); no brevity penalty
+    assert bleu(["a b c d"], ["a b c e"]) == pytest.approx(100 * (3 / 4 * 2 / 3 * 1 / 2 * 1 / 2) ** 0.25)
+    assert bleu(["a b c d."], ["a b c d ."]) == pytest.approx(100.0)  # punctuation is split off (13a)
+    assert bleu(["a b c d e"], ["a b c d e f g h"]) == pytest.approx(100 * np.exp(1 - 8 / 5))  # too short
+
+
+def test_bleu_equals_sacrebleu_on_50_fixed_pairs():
+    try:
+        import sacrebleu
+    except ImportError:
+        pytest.skip("sacrebleu is not installed (pip install -r requirements-dev.txt): the reference BLEU to compare with")
+    pairs = fixed_pairs() + [("3afak, 3tini lma.", "3afak 3tini lma."), ("1-2 & 3.5,6", "1 - 2 &amp; 3.5, 6")]
+    hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
+    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=0.01)
+    for i in range(0, 52, 4):  # and on smaller corpora, down to one pair
+        assert bleu(hyps[i:i + 3], refs[i:i + 3]) == pytest.approx(
+            sacrebleu.corpus_bleu(hyps[i:i + 3], [refs[i:i + 3]]).score, abs=0.01)
+        assert bleu(hyps[i:i + 1], refs[i:i + 1]) == pytest.approx(
+            sacrebleu.corpus_bleu(hyps[i:i + 1], [refs[i:i + 1]]).score, abs=0.01)
+
+
+def test_length_normalisation_by_hand():
+    """lm-evaluation-harness's acc_norm: log-likelihood per character of " " + option. The longer option loses
+    on the raw sum (-6 < -4) and wins per character (-6/7 > -4/3)."""
+    logliks, options = [-4.0, -6.0], ["ab", "abcdef"]
+    assert normalised(logliks, options) == [-4 / 3, -6 / 7]
+    assert logliks.index(max(logliks)) == 0 and normalised(logliks, options).index(max(normalised(logliks, options))) == 1
+
+
 # --- eval.py end to end ---------------------------------------------------------------------------
 
 PAIRS = [dict(latin=f"jomla {i} dyal darija", arabic=f"جملة {i} ديال الدارجة", english=f"sentence number {i}")
          for i in range(40)]
 
 
+REQUESTS = {"lat2ar": ("ktb b l7orof l3arbiya: {x}", "latin", "arabic"), "dar2en": ("Translate to English: {x}",
+            "latin", "english"), "en2dar": ("Translate to Darija: {x}", "english", "latin"),
+            "ar2lat": ("ktb b l7orof latiniya: {x}", "arabic", "latin")}
+
+
 def examples(pairs):
     out = []
     for p in pairs:
-        out.append(dict(messages=[{"role": "user", "content": f"ktb b l7orof l3arbiya: {p['latin']}"},
-                                  {"role": "assistant", "content": p["arabic"]}], task="lat2ar", input=p["latin"]))
-        out.append(dict(messages=[{"role": "user", "content": f"Translate to English: {p['latin']}"},
-                                  {"role": "assistant", "content": p["english"]}], task="dar2en", input=p["latin"]))
+        for task, (request, source, target) in REQUESTS.items():
+            out.append(dict(messages=[{"role": "user", "content": request.format(x=p[source])},
+                                      {"role": "assistant", "content": p[target]}], task=task, input=p[source]))
     out.append(dict(messages=[{"role": "user", "content": "salam"}, {"role": "assistant", "content": "wa3alaykom"}],
                     task="chat"))
     return out
@@ -92,6 +130,16 @@ def write_dataset(folder, tok_path, tok_sha, train, val):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     stats = dict(tokenizer=tok_path, tokenizer_sha256=tok_sha, sources=[], train={}, val={})
     (folder / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+
+
+def write_val_bin(folder, tok, tok_sha, docs_per_source):
+    """val.bin and meta.json as prepare.py writes them (the fields eval.py reads): documents in source order."""
+    ids = [i for docs in docs_per_source.values() for doc in docs for i in [tok.eot_id] + tok.encode_ordinary(doc)]
+    np.array(ids, dtype=np.uint16).tofile(folder / "val.bin")
+    meta = dict(dtype="uint16", eot_id=tok.eot_id, tokenizer_sha256=tok_sha, val=dict(tokens=len(ids), bytes=sum(
+        len(doc.encode()) for docs in docs_per_source.values() for doc in docs)),
+        sources=[dict(name=name, val_docs=len(docs)) for name, docs in docs_per_source.items()])
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def make_tokenizer(work, name, texts, merges):
@@ -115,6 +163,8 @@ def work(tmp_path_factory):
         save_checkpoint(d / "out" / name / "best.pt", model, kind=kind, tokenizer=tok_path, tokenizer_sha256=tok_sha,
                         config=dict(init_from="out/base", sft_dataset="t") if kind == "sft" else {})
     write_dataset(d / "data/sft/t", tok_path, tok_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
+    write_val_bin(d / "data/base", tok, tok_sha, {"wiki": [p["arabic"] for p in PAIRS[:6]],
+                                                  "chat": [p["latin"] for p in PAIRS[6:10]]})
     _, other_path, other_sha = make_tokenizer(d, "other", ["another text altogether, other merges " * 10], 20)
     write_dataset(d / "data/sft/alien", other_path, other_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
     return d
@@ -163,30 +213,41 @@ def test_a_report_of_a_base_and_a_chat_checkpoint(work, monkeypatch):
     assert report["command"] == (f"python {ROOT / 'eval.py'} out/base --sft_dataset=t --metric_items=6 "
                                  f"--max_new_tokens=8 out/chat/best.pt --out=reports/both")  # as run (runpy: its path)
     assert [(c["path"], c["kind"]) for c in report["checkpoints"]] == [("out/base", "base"), ("out/chat/best.pt", "sft")]
-    assert report["sft_dataset"] == "t" and report["tasks"] == ["translation"]
+    assert report["data"]["translation"] == "data/sft/t" and report["tasks"] == ["bpb", "translation"]
     val = [json.loads(line) for line in (work / "data/sft/t/val.jsonl").read_text("utf-8").splitlines()]
     for column in report["checkpoints"]:
-        assert set(column["translation"]) == {"lat2ar", "dar2en"}
+        assert set(column["translation"]) == {"lat2ar", "dar2en", "en2dar", "ar2lat"}
         for task, scores in column["translation"].items():
-            assert set(scores) == {"items", "chrf", "example"} and scores["items"] == 6 and 0 <= scores["chrf"] <= 100
+            assert set(scores) == {"items", "chrf", "bleu", "example"} and scores["items"] == 6
+            assert 0 <= scores["chrf"] <= 100 and 0 <= scores["bleu"] <= 100
             assert scores["example"]["input"] == next(ex["input"] for ex in val if ex["task"] == task)
             assert "\n" not in scores["example"]["output"]
+        bpb = column["bpb"]  # data/base/val.bin: 6 Arabic-script documents from "wiki", 4 Latin ones from "chat"
+        assert list(bpb) == ["all", "source chat", "source wiki", "Arabic script", "Latin script"]
+        assert [bpb[g]["docs"] for g in bpb] == [10, 4, 6, 6, 4] and bpb["source wiki"] == bpb["Arabic script"]
+        assert bpb["all"]["bytes"] == sum(len(p[k].encode()) for p in PAIRS[:6] for k in ["arabic"]) + sum(
+            len(p["latin"].encode()) for p in PAIRS[6:10])
+        assert bpb["all"]["tokens"] == os.path.getsize(work / "data/base/val.bin") // 2
+        assert min(b["bpb"] for b in bpb.values()) > 1  # random weights: over 8 bits per token
     first = next(ex for ex in val if ex["task"] == "lat2ar")  # the chat model answers the request as phrased
     answer = report["checkpoints"][1]["translation"]["lat2ar"]["example"]["output"]
     assert answer and answer == greedy_answer(work, "out/chat", first["messages"][:-1])
     md = (work / "reports/both/report.md").read_text("utf-8")
     assert f"`{report['command']}`" in md and md.count("| | out/base (base) | out/chat/best.pt (sft) |") == 2
-    assert "## translation: lat2ar" in md and "## translation: dar2en" in md
-    chrf_row = f"| chrf | {report['checkpoints'][0]['translation']['dar2en']['chrf']} | "
+    assert "## bpb" in md and "## translation" in md and "![chart](report.png)" in md
+    assert "## Published figures (quoted, not measured here)" in md and "| Atlas-Chat-2B | 44.97 | 35.08 | 44.86 |" in md
+    chrf_row = f"| dar2en chrf | {report['checkpoints'][0]['translation']['dar2en']['chrf']} | "
     assert chrf_row in md and chrf_row in log  # the tables are printed too
-    assert sorted(os.listdir(work / "reports/both")) == ["report.json", "report.md"]
+    assert sorted(os.listdir(work / "reports/both")) == ["report.json", "report.md", "report.png"]
+    assert (work / "reports/both/report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_dataset_and_the_folder_default_to_the_checkpoints(work, monkeypatch):
-    run_eval(work, monkeypatch, "out/chat", "--metric_items=2", "--max_new_tokens=2")  # data/sft/t: its config's
+    run_eval(work, monkeypatch, "out/chat", "--metric_items=2", "--max_new_tokens=2", "--tasks=translation")
     report = json.loads((work / "reports/chat/report.json").read_text("utf-8"))  # reports/<its folder's name>
-    assert report["sft_dataset"] == "t" and report["checkpoints"][0]["translation"]["dar2en"]["items"] == 2
-    run_eval(work, monkeypatch, "out/chat", "--metric_items=3", "--metric_skip=2", "--max_new_tokens=2", "--force")
+    assert report["data"]["translation"] == "data/sft/t" and report["checkpoints"][0]["translation"]["dar2en"]["items"] == 2
+    run_eval(work, monkeypatch, "out/chat", "--metric_items=3", "--metric_skip=2", "--max_new_tokens=2", "--force",
+             "--tasks=translation")
     report = json.loads((work / "reports/chat/report.json").read_text("utf-8"))
     held_out = [json.loads(line)["input"] for line in (work / "data/sft/t/val.jsonl").read_text("utf-8").splitlines()
                 if json.loads(line)["task"] == "dar2en"]
@@ -194,13 +255,13 @@ def test_the_dataset_and_the_folder_default_to_the_checkpoints(work, monkeypatch
 
 
 def test_existing_report_needs_force_and_other_files_are_never_touched(work, monkeypatch):
-    args = ["out/chat", "--metric_items=1", "--max_new_tokens=1", "--out=reports/again"]
+    args = ["out/chat", "--metric_items=1", "--max_new_tokens=1", "--out=reports/again", "--tasks=translation"]
     run_eval(work, monkeypatch, *args)
     with pytest.raises(SystemExit, match=r"^eval.py: reports/again/ already holds a report: add --force to replace it"):
         run_eval(work, monkeypatch, *args)
     (work / "reports/again/report.md.tmp999").write_text("half", encoding="utf-8")  # a killed run's
     run_eval(work, monkeypatch, *args, "--force")
-    assert sorted(os.listdir(work / "reports/again")) == ["report.json", "report.md"]
+    assert sorted(os.listdir(work / "reports/again")) == ["report.json", "report.md", "report.png"]
     (work / "reports/again/notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"reports/again/ holds files eval.py did not write: notes.txt; pick another"):
         run_eval(work, monkeypatch, *args, "--force")
@@ -217,7 +278,7 @@ def lost(work):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["out/chat", "--tasks=translation,bpb"], r"unknown task bpb: choose among translation"),
+    (["out/chat", "--tasks=translation,bleu"], r"unknown task bleu: choose among bpb, translation, mc"),
     (["--sft_dataset=t"], r"no checkpoint given: python eval.py out/NAME"),
     (["out/base", "out/none"], r"no checkpoint at out/none: train one first"),
     (["out/chat", "out/lost"], r"out/lost was trained with the tokenizer data/lost/tokenizer.json, which does not exist"),
@@ -227,7 +288,7 @@ def lost(work):
     (["out/chat", "--sft_dataset=../t"], r"sft_dataset must be a plain name"),
     (["out/chat", "--sft_dataset=alien"], r"data/sft/alien/ was built with tokenizer data/other/tokenizer.json "
                                           r"\(sha256 \w{12}\), but out/chat uses data/base/tokenizer.json"),
-    (["out/chat", "--metric_items=0"], r"metric_items and max_new_tokens must be at least 1"),
+    (["out/chat", "--metric_items=0"], r"metric_items, max_new_tokens and batch_size must be at least 1"),
     (["out/chat", "--metric_itmes=3"], r"unknown config key 'metric_itmes' .* did you mean 'metric_items'"),
 ])
 def test_bad_input_is_one_line(work, monkeypatch, lost, args, message):
@@ -244,6 +305,6 @@ def test_device_cuda_without_cuda_is_one_line(work, monkeypatch):
 
 
 def test_a_mistake_is_one_line_on_stderr_with_exit_status_1(work):
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "out/chat", "--tasks=mc"], cwd=work,
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "out/chat", "--tasks=mmlu"], cwd=work,
                        capture_output=True, text=True, encoding="utf-8")
-    assert r.returncode == 1 and r.stderr == "eval.py: unknown task mc: choose among translation (comma-separated)\n"
+    assert r.returncode == 1 and r.stderr == "eval.py: unknown task mmlu: choose among bpb, translation, mc (comma-separated)\n"
