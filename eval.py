@@ -129,8 +129,13 @@ def fetch(spec):
     repo = f"{owner}/{name}"
     if not (owner and name and remote):
         fail(f"{spec}: a hub file is hub:OWNER/NAME/PATH (the dataset, then the file's path in it)")
-    from huggingface_hub import hf_hub_download  # imported here: only hub files need it
+    from huggingface_hub import HfApi, hf_hub_download  # imported here: only hub files need it
     try:
+        return hf_hub_download(repo, remote, repo_type="dataset", local_files_only=True)  # fetched before
+    except Exception:
+        pass
+    try:
+        HfApi().dataset_info(repo, revision="main")  # not retried (a download is): no network shows at once
         return hf_hub_download(repo, remote, repo_type="dataset")
     except Exception as e:  # no network and not cached, gated, missing: one line, with the way round it
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__

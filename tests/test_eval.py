@@ -2,6 +2,7 @@
 log-likelihood, a report of a base and a chat checkpoint side by side (report.json, report.md, report.png,
 the printed tables), hub files, and one line for each bad input. A tiny tokenizer, tiny GPTs, held-out
 data in prepare.py's and sft.py's formats are made here, so nothing needs a trained model or ../shared."""
+import csv
 import hashlib
 import io
 import json
@@ -165,9 +166,26 @@ def work(tmp_path_factory):
     write_dataset(d / "data/sft/t", tok_path, tok_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
     write_val_bin(d / "data/base", tok, tok_sha, {"wiki": [p["arabic"] for p in PAIRS[:6]],
                                                   "chat": [p["latin"] for p in PAIRS[6:10]]})
+    files = {"pairs.jsonl": [dict(darija=p["latin"], darija_ar=p["arabic"], eng=p["english"]) for p in PAIRS[:8]],
+             "no_eng.jsonl": [dict(darija="salam", darija_ar="سلام")], "empty.jsonl": [],
+             "no_label.jsonl": [dict(ctx="salam", endings=["a", "b"])], "odd.jsonl": [dict(text="salam")],
+             "texts.jsonl": [dict(text="salam 3likom", source="chat"), dict(text="السلام عليكم", source="wiki"),
+                             dict(text="kif dayr? لاباس", source="chat")]}
+    for name, rows in files.items():
+        (d / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    (d / "empty.txt").write_text("\n\n", "utf-8")
     _, other_path, other_sha = make_tokenizer(d, "other", ["another text altogether, other merges " * 10], 20)
     write_dataset(d / "data/sft/alien", other_path, other_sha, examples(PAIRS[:30]), examples(PAIRS[30:]))
     return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run many times faster on one thread than on two busy ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_eval(work, monkeypatch, *args):
@@ -193,13 +211,13 @@ def run_eval(work, monkeypatch, *args):
     return out.getvalue()
 
 
-def greedy_answer(work, ckpt_dir, messages):
+def greedy_answer(work, ckpt_dir, messages, max_new_tokens=8):
     """What a chat model should answer, computed here without eval.py."""
     tok = Tokenizer.load(work / "data/base/tokenizer.json")
     model = model_from_checkpoint(load_checkpoint(str(work / ckpt_dir)))
     ids, stop = tok.render_for_completion(messages), set(tok.special_tokens.values())
     out = []
-    for token in model.generate(ids, min(8, 64 - len(ids)), temperature=0):
+    for token in model.generate(ids, min(max_new_tokens, 64 - len(ids)), temperature=0):
         if token in stop:
             break
         out.append(token)
@@ -289,6 +307,15 @@ def lost(work):
     (["out/chat", "--sft_dataset=alien"], r"data/sft/alien/ was built with tokenizer data/other/tokenizer.json "
                                           r"\(sha256 \w{12}\), but out/chat uses data/base/tokenizer.json"),
     (["out/chat", "--metric_items=0"], r"metric_items, max_new_tokens and batch_size must be at least 1"),
+    (["out/chat", "--tasks=translation", "--pairs=no_eng.jsonl"], r"eval.py: no_eng.jsonl has no column eng "
+                                                                  r"\(its columns: darija, darija_ar\)"),
+    (["out/chat", "--tasks=mc", "--mc=['no_label.jsonl']"], r"no_label.jsonl has no column label \(its columns: ctx, "),
+    (["out/chat", "--tasks=mc", "--mc=['odd.jsonl']"], r"odd.jsonl is no multiple-choice set: its columns are text; "
+                                                       r"expected those of DarijaHellaSwag \(ctx, endings, label\)"),
+    (["out/chat", "--tasks=mc", "--mc=['empty.jsonl']"], r"empty.jsonl holds no rows: an empty set scores nothing"),
+    (["out/chat", "--tasks=bpb", "--bpb_data=empty.txt"], r"empty.txt holds no text: an empty set scores nothing"),
+    (["out/chat", "--tasks=mc"], r"the mc task needs its sets: --mc="),
+    (["out/chat", "--tasks=mc", "--mc=['hub:me/mc']"], r"a hub file is hub:OWNER/NAME/PATH"),
     (["out/chat", "--metric_itmes=3"], r"unknown config key 'metric_itmes' .* did you mean 'metric_items'"),
 ])
 def test_bad_input_is_one_line(work, monkeypatch, lost, args, message):
@@ -306,5 +333,178 @@ def test_device_cuda_without_cuda_is_one_line(work, monkeypatch):
 
 def test_a_mistake_is_one_line_on_stderr_with_exit_status_1(work):
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "out/chat", "--tasks=mmlu"], cwd=work,
-                       capture_output=True, text=True, encoding="utf-8")
+                       capture_output=True, text=True, encoding="utf-8", env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 1 and r.stderr == "eval.py: unknown task mmlu: choose among bpb, translation, mc (comma-separated)\n"
+
+
+# --- bits per byte ----------------------------------------------------------------------------------
+
+@pytest.mark.slow  # ~40 s: prepare.py and pretrain.py run first
+def test_bpb_equals_pretrain_validation_bpb_when_both_count_every_token(tmp_path):
+    """pretrain.py's val bpb (mean loss of its windows x tokens / bytes / ln 2) on a val.bin one window long
+    (block_size + 2 tokens: its windows all start at 0 and count every token but the last), against eval.py's
+    over every token of the same file, with the checkpoint pretrain.py saved at that evaluation."""
+    rng = np.random.default_rng(0)
+    words = ["salam", "kifach", "3afak", "bzaf", "mzyan", "lyoum", "ghadi", "nta", "dyal", "wakha"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(4, 12))) for _ in range(400)]
+    last = " ".join(rng.choice(words, size=150))  # the one val document (val_fraction is tiny): the last
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + f"\nhada l2akhir: {last}\n")
+    data = ["--dataset=toy", "--sources=[{'path': 'corpus.txt'}]", "--vocab_size=300", "--val_fraction=0.0001"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *data], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    tokens = json.loads((tmp_path / "data/toy/meta.json").read_text())["val"]["tokens"]
+    r = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *data, f"--block_size={tokens - 2}",
+                        "--batch_size=1", "--eval_iters=1", "--max_iters=30", "--eval_interval=30", "--n_layer=1",
+                        "--n_embd=32", "--n_head=2", "--n_kv_head=2", "--sample_tokens=0", "--warmup_iters=2"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(line) for line in (tmp_path / "out/toy/log.jsonl").read_text().splitlines()]
+    pretrain_bpb = [rec["val_bpb"] for rec in logged if "val_bpb" in rec][-1]
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "out/toy/last.pt", "--tasks=bpb", "--out=rep"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    scores = json.loads((tmp_path / "rep/report.json").read_text())["checkpoints"][0]["bpb"]
+    assert scores["all"]["tokens"] == tokens and list(scores) == ["all", "source corpus.txt", "Latin script"]
+    assert abs(scores["all"]["bpb"] - pretrain_bpb) < 1e-3
+
+
+def test_bpb_of_a_jsonl_file_by_hand(work, monkeypatch):
+    """Three short documents (one window): each group's bpb is its mean loss per predicted token x its tokens /
+    its bytes / ln 2, recomputed here from the model's logits."""
+    run_eval(work, monkeypatch, "out/base", "--tasks=bpb", "--bpb_data=texts.jsonl", "--out=reports/texts")
+    scores = json.loads((work / "reports/texts/report.json").read_text("utf-8"))["checkpoints"][0]["bpb"]
+    tok = Tokenizer.load(work / "data/base/tokenizer.json")
+    texts = [json.loads(line) for line in (work / "texts.jsonl").read_text("utf-8").splitlines()]
+    docs = [[tok.eot_id] + tok.encode_ordinary(t["text"]) for t in texts]
+    ids = torch.tensor([sum(docs, [])])
+    assert ids.shape[1] <= 64  # one window
+    logits = model_from_checkpoint(load_checkpoint(str(work / "out/base")))(ids[:, :-1])[0][0]
+    nats = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").tolist()
+    doc_of = [i for i, doc in enumerate(docs) for _ in doc][1:]
+
+    def by_hand(chosen):
+        counted = [n for n, d in zip(nats, doc_of) if d in chosen]
+        n_tokens, n_bytes = sum(len(docs[d]) for d in chosen), sum(len(texts[d]["text"].encode()) for d in chosen)
+        return sum(counted) / len(counted) * n_tokens / n_bytes / np.log(2)
+    expected = {"all": [0, 1, 2], "source chat": [0, 2], "source wiki": [1], "Arabic script": [1], "Latin script": [0, 2]}
+    assert list(scores) == list(expected)  # "kif dayr? لاباس": 7 Latin letters, 5 Arabic ones
+    for group, chosen in expected.items():
+        assert scores[group]["bpb"] == pytest.approx(by_hand(chosen), abs=1e-4), group
+
+
+def test_translation_from_a_pairs_file(work, monkeypatch):
+    """DODa's columns by default: the first few_shot rows are the base model's examples, the next ones are scored;
+    a chat model gets sft.py's first English phrasing of each task."""
+    run_eval(work, monkeypatch, "out/chat", "--tasks=translation", "--pairs=pairs.jsonl", "--few_shot=2",
+             "--metric_items=3", "--max_new_tokens=4", "--out=reports/pairs")
+    scores = json.loads((work / "reports/pairs/report.json").read_text("utf-8"))["checkpoints"][0]["translation"]
+    assert list(scores) == ["dar2en", "en2dar", "lat2ar", "ar2lat"] and {s["items"] for s in scores.values()} == {3}
+    assert scores["en2dar"]["example"]["input"] == PAIRS[2]["english"]  # rows 0 and 1 are the shots
+    phrasings = json.loads((ROOT / "data/sample/sft/prompts.json").read_text("utf-8"))
+    request = next(t for lang, t, _ in phrasings["lat2ar"] if lang == "en").format(x=PAIRS[2]["latin"])
+    assert scores["lat2ar"]["example"]["output"] == greedy_answer(work, "out/chat", [{"role": "user", "content": request}],
+                                                                  max_new_tokens=4)
+
+
+def test_no_matplotlib_no_chart_and_a_notice(work, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    log = run_eval(work, monkeypatch, "out/base", "--tasks=bpb", "--out=reports/nochart")
+    assert "note: matplotlib is not installed, so there is no report.png (pip install matplotlib)" in log
+    assert sorted(os.listdir(work / "reports/nochart")) == ["report.json", "report.md"]
+    assert "report.png" not in (work / "reports/nochart/report.md").read_text("utf-8")
+
+
+# --- multiple choice ------------------------------------------------------------------------------
+
+FOODS = ["atay", "lben", "khobz", "zit", "3sel", "lma", "7lib", "sukkar", "tmer", "louz"]
+
+
+def mc_rows(n=40, seed=3):
+    """n questions of 4 options; the right one is drawn at random."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        options = rng.sample(FOODS, 4)
+        rows.append(dict(ctx=f"f sbah {i} kanakol", endings=options, label=rng.randrange(4)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def mc_model(work):
+    """out/mc: a tiny GPT trained here on each context followed by its right option (and nothing else)."""
+    tok = Tokenizer.load(work / "data/base/tokenizer.json")
+    rows, starts = [], []  # the loss is on the right option's tokens only
+    for r in mc_rows():
+        starts.append(len(tok.encode_ordinary(r["ctx"])))
+        rows.append([tok.eot_id] + tok.encode_ordinary(f"{r['ctx']} {r['endings'][r['label']]}"))
+    width = max(map(len, rows))
+    batch = torch.tensor([r + [tok.eot_id] * (width - len(r)) for r in rows])
+    targets = torch.tensor([[-1] * start + r[start + 1:] + [-1] * (width - len(r)) for r, start in zip(rows, starts)])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=48))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(400):
+        loss = model(batch[:, :-1], targets)[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    save_checkpoint(work / "out/mc/best.pt", model, kind="base", tokenizer="data/base/tokenizer.json",
+                    tokenizer_sha256=hashlib.sha256((work / "data/base/tokenizer.json").read_bytes()).hexdigest())
+    rows = mc_rows()
+    for name, labels in (("right", [r["label"] for r in rows]), ("shuffled", random.Random(9).choices(range(4), k=40))):
+        (work / f"hs_{name}.jsonl").write_text("".join(json.dumps(r | {"label": label}) + "\n" for r, label
+                                                      in zip(rows, labels)), "utf-8")
+    with open(work / "mmlu.csv", "w", newline="", encoding="utf-8") as f:  # DarijaMMLU's columns; choices as JSON
+        writer = csv.DictWriter(f, ["question", "context", "choices", "answer"])
+        writer.writeheader()
+        writer.writerows(dict(question=r["ctx"], context="", choices=json.dumps(r["endings"]), answer=r["label"])
+                         for r in rows)
+    import pyarrow
+    import pyarrow.parquet
+    belebele = [dict(flores_passage="f sbah", question=r["ctx"], **{f"mc_answer{i + 1}": e for i, e in enumerate(
+        r["endings"])}, correct_answer_num=str(r["label"] + 1)) for r in rows]
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(belebele), work / "belebele.parquet")
+    return "out/mc"
+
+
+def test_multiple_choice_right_answers_score_1_and_shuffled_labels_chance(work, monkeypatch, mc_model):
+    run_eval(work, monkeypatch, mc_model, "--tasks=mc", "--out=reports/mc",
+             "--mc=['hs_right.jsonl', 'hs_shuffled.jsonl', 'mmlu.csv', 'belebele.parquet']")
+    scores = json.loads((work / "reports/mc/report.json").read_text("utf-8"))["checkpoints"][0]["mc"]
+    assert list(scores) == ["DarijaHellaSwag hs_right", "DarijaHellaSwag hs_shuffled", "DarijaMMLU mmlu",
+                            "Belebele belebele"]
+    right, shuffled = scores["DarijaHellaSwag hs_right"], scores["DarijaHellaSwag hs_shuffled"]
+    assert right["items"] == 40 and right["acc"] == 1.0 and right["chance"] == 0.25 and right["acc_centered"] == 1.0
+    assert 0.25 < right["acc_raw"] <= 1.0  # unnormalised: a shorter option has fewer tokens to pay for
+    assert scores["DarijaMMLU mmlu"]["acc"] == 1.0  # the same questions in DarijaMMLU's shape
+    assert abs(shuffled["acc"] - 0.25) <= 0.1 and shuffled["acc_centered"] == pytest.approx(
+        (shuffled["acc"] - 0.25) / 0.75, abs=1e-4)
+    assert scores["Belebele belebele"]["items"] == 40  # read; its context (passage + question) is not the trained one
+
+
+def test_hub_sets_are_fetched_and_reused_offline(work, mc_model, tmp_path):
+    """A hub:OWNER/NAME/PATH set comes through huggingface_hub (from a local stand-in for the hub, HF_ENDPOINT),
+    is reused from the cache offline, and offline without it the one line says which file to fetch and how."""
+    from test_prepare import OFFLINE, Hub, isolated
+    hub = Hub()
+    try:
+        hub.datasets["me/hellaswag"] = {"data/test.jsonl": (work / "hs_right.jsonl").read_bytes()}
+        args = [sys.executable, str(ROOT / "eval.py"), mc_model, "--tasks=mc", "--metric_items=8",
+                "--mc=['hub:me/hellaswag/data/test.jsonl']"]
+        for endpoint, out in ((hub.url, "hub1"), (OFFLINE, "hub2")):  # online, then offline from the cache
+            r = subprocess.run([*args, f"--out={tmp_path / out}"], cwd=work, capture_output=True, text=True,
+                               env=isolated(tmp_path, {"HF_ENDPOINT": endpoint, "OMP_NUM_THREADS": "1"}), timeout=120)
+            assert r.returncode == 0, r.stderr
+            scores = json.loads((tmp_path / out / "report.json").read_text("utf-8"))["checkpoints"][0]["mc"]
+            assert scores["DarijaHellaSwag test"]["acc"] == 1.0
+        r = subprocess.run([*args, f"--out={tmp_path / 'hub3'}"], cwd=work, capture_output=True, text=True,
+                           env=isolated(tmp_path / "fresh", {"HF_ENDPOINT": OFFLINE, "OMP_NUM_THREADS": "1"}), timeout=120)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("eval.py: cannot fetch data/test.jsonl of the hub dataset me/hellaswag (")
+        assert "`hf download me/hellaswag data/test.jsonl --repo-type=dataset --local-dir=DIR`" in r.stderr
+    finally:
+        hub.shutdown()
+        hub.server_close()
