@@ -1,41 +1,18 @@
 """
-eval.py: evaluation, the report card. Scores checkpoints on the same held-out material and writes one
-report that sets them side by side, so a base, its SFT model and a LoRA model compare on the very same items.
+eval.py: the report card. Scores checkpoints on the same held-out material, side by side:
 
     python eval.py out/darija_small out/darija_sft out/darija_lora/best.pt        # -> reports/darija_lora/
-    python eval.py out/darija_sft --tasks=bpb,translation --out=reports/sft --force
     python eval.py out/darija_small --tasks=mc --mc="['hub:MBZUAI-Paris/DarijaHellaSwag/data/test.parquet']"
 
-Checkpoints are positional arguments (a folder means its best.pt), before or after config files and
---key=value settings. sft.py and lora.py run this script to score what they trained.
-
-What happens, in order (and why):
-1. The settings, the checkpoints and the report folder (`out`) are checked before any work: a report
-   is replaced only with --force, and a folder holding anything else is refused.
-2. Each checkpoint is loaded with its tokenizer (checked by sha256 to be the file it was trained with).
-3. The held-out material of each task, read once and checked before any scoring:
-   bpb: data/NAME/val.bin of the checkpoint's tokenizer (what pretrain.py validates on), or `bpb_data`,
-     a .txt (a document per line) or .jsonl file (`text`, and `source` when present);
-   translation: data/sft/NAME/ as sft.py builds it (val items scored, train items as few-shot examples),
-     or `pairs`, a .jsonl/.csv file whose columns `pairs_columns` names (e.g. DODa);
-   mc: multiple-choice files (.parquet, .jsonl, .csv; `hub:OWNER/NAME/PATH` fetched from the hub) in
-     the shape of DarijaHellaSwag, DarijaMMLU or Belebele.
-4. Each checkpoint is scored on each task:
-   bpb: bits per byte over every token, as pretrain.py computes it (mean nats per predicted token x
-     tokens / bytes / ln 2) but over all of the text: consecutive windows of the context length, each
-     token predicted once. Overall, per source and per script (Arabic or Latin letters, by majority):
-     comparable across tokenizers, and it says where the model is weak.
-   translation: chrF (Popovic 2015) and BLEU (Papineni 2002), both as sacrebleu's defaults, of greedy
-     answers in four directions: Darija -> English, English -> Darija, Arabizi -> Arabic script and
-     back. A chat checkpoint (kind sft or lora_merged) answers each request as phrased in the data; a
-     base checkpoint has never seen the chat format, so it continues a few-shot plain-text prompt
-     ("Arabizi: ...\\nArabic: ...") up to the newline.
-   mc: each option's log-likelihood after the context, divided by its length in characters (the
-     continuation " " + option), as lm-evaluation-harness's acc_norm; the highest wins. Accuracy, the
-     raw (unnormalised) accuracy, and centered accuracy (acc - chance) / (1 - chance).
-5. The report: report.json, report.md (a table per task, one column per checkpoint, the command, and
-   published figures quoted for scale) and report.png (a chart, when matplotlib is installed), each
-   through a temporary file renamed; the tables are printed.
+Checkpoints are positional arguments (a folder means its best.pt) among config files and --key=value settings;
+sft.py and lora.py run this script on what they trained. In order: 1. the settings and the report folder
+(`out`: a report is replaced only with --force, never other files); 2. each checkpoint with its tokenizer
+(checked by sha256); 3. each task's held-out material, read and checked before any scoring; 4. the scores:
+bpb, pretrain.py's bits per byte over every token (overall, per source, per script: where the model is weak);
+translation, chrF and BLEU as sacrebleu's of greedy answers (a chat checkpoint answers each request, a base
+one continues a few-shot plain-text prompt); mc, the option with the highest log-likelihood per character
+(lm-evaluation-harness's acc_norm); 5. report.json, report.md (a table per task, a column per checkpoint,
+published figures quoted for scale) and report.png, each written to a temporary file and renamed.
 """
 import csv
 import json
@@ -110,15 +87,6 @@ def claim_report(folder):
         fail(f"{folder}/ already holds a report: add --force to replace it (or pick another --out)")
 
 
-# --- 2. the checkpoints ---------------------------------------------------------------------------
-def load(path):
-    """(checkpoint, tokenizer, tokenizer path), or one line saying what is wrong."""
-    try:
-        return load_with_tokenizer(path)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-
-
 # --- 3. the held-out material ---------------------------------------------------------------------
 def fetch(spec):
     """A local path for a file given as a path or as hub:OWNER/NAME/PATH (downloaded into the Hugging Face cache
@@ -132,22 +100,25 @@ def fetch(spec):
     from huggingface_hub import HfApi, hf_hub_download  # imported here: only hub files need it
     try:
         return hf_hub_download(repo, remote, repo_type="dataset", local_files_only=True)  # fetched before
-    except Exception:
-        pass
-    try:
-        HfApi().dataset_info(repo, revision="main")  # not retried (a download is): no network shows at once
-        return hf_hub_download(repo, remote, repo_type="dataset")
-    except Exception as e:  # no network and not cached, gated, missing: one line, with the way round it
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        fail(f"cannot fetch {remote} of the hub dataset {repo} ({why}): on a machine with internet run `hf download "
-             f"{repo} {remote} --repo-type=dataset --local-dir=DIR` (a gated set needs HF_TOKEN), then give DIR/{remote}")
+    except Exception:  # not yet: ask the hub (dataset_info is not retried, so no network shows at once)
+        try:
+            HfApi().dataset_info(repo, revision="main")
+            return hf_hub_download(repo, remote, repo_type="dataset")
+        except Exception as e:  # no network, gated, missing: one line, with the way round it
+            why = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+            fail(f"cannot fetch {remote} of the hub dataset {repo} ({why}): on a machine with internet run `hf "
+                 f"download {repo} {remote} --repo-type=dataset --local-dir=DIR` (gated: HF_TOKEN), then give DIR/{remote}")
 
 
 def read_rows(path, needed=()):
-    """The rows (dicts) of a .jsonl, .csv or .parquet file; stops naming any column of `needed` it lacks."""
+    """The rows (dicts) of a .jsonl, .csv, .parquet or .txt (`text`: a line) file; stops naming a `needed` column
+    it lacks. An empty file stops too: an empty set scores nothing."""
     path = fetch(path)
     try:
-        if path.endswith(".parquet"):
+        if path.endswith(".txt"):  # a document per line
+            with open(path, encoding="utf-8") as f:
+                rows = [dict(text=line.strip()) for line in f if line.strip()]
+        elif path.endswith(".parquet"):
             import pyarrow.parquet as pq  # imported here: only parquet files need it
             rows = pq.read_table(path).to_pylist()
         elif path.endswith(".csv"):
@@ -157,7 +128,7 @@ def read_rows(path, needed=()):
             with open(path, encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        fail(f"cannot read {path} ({type(e).__name__}: {e}): give a .jsonl, .csv or .parquet file")
+        fail(f"cannot read {path} ({type(e).__name__}: {e}): give a .jsonl, .csv, .parquet or .txt file")
     if not rows:
         fail(f"{path} holds no rows: an empty set scores nothing")
     missing = [column for column in needed if column not in rows[0]]
@@ -173,11 +144,11 @@ def val_bin_documents(tok, tok_path, path):
     try:
         meta = json.loads(Path(data_dir, "meta.json").read_text(encoding="utf-8"))
         stream = np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.dtype(meta["dtype"]))
+        if meta.get("tokenizer_sha256") != sha256_of(tok_path) or not len(stream):
+            raise ValueError("val.bin is empty, or was encoded with another tokenizer than the checkpoint's")
     except (OSError, ValueError, KeyError, TypeError) as e:
         fail(f"no held-out text for {path} in {data_dir}/ ({type(e).__name__}: {e}): rebuild it with `python "
              f"prepare.py --dataset={os.path.basename(data_dir)} ...`, or give a text file with --bpb_data")
-    if meta.get("tokenizer_sha256") != sha256_of(tok_path) or not len(stream):
-        fail(f"{data_dir}/val.bin is empty or was encoded with another tokenizer than {path}'s: rebuild the data")
     docs = np.split(stream, np.flatnonzero(stream == tok.eot_id)[1:])
     per_source = [(s["name"], s.get("val_docs")) for s in meta.get("sources", [])]
     if all(n is not None for _, n in per_source) and sum(n for _, n in per_source) == len(docs):
@@ -186,25 +157,16 @@ def val_bin_documents(tok, tok_path, path):
 
 
 def text_documents(tok, path):
-    """The documents of a .txt file (one per line) or a .jsonl file (`text`, `source` when present)."""
-    if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            rows = [dict(text=line.strip()) for line in f if line.strip()]
-        if not rows:
-            fail(f"{path} holds no text: an empty set scores nothing")
-    else:
-        rows = read_rows(path, ["text"])
+    """bpb_data's documents: a .txt file's lines, or a .jsonl file's `text` (and `source` when present)."""
     return [(np.array([tok.eot_id] + tok.encode_ordinary(row["text"])), row.get("source") or os.path.basename(path))
-            for row in rows]
+            for row in read_rows(path, ["text"])]
 
 
 def dataset_name(path, ckpt):
     """The SFT dataset a checkpoint goes with: the one it was fine-tuned on (sft.py and lora.py record it),
     else the one sft.py builds for it as a base: named after its folder (for an SFT model, its base's)."""
-    settings = ckpt.get("config") or {}
-    if ckpt["kind"] != "base" and settings.get("sft_dataset"):
-        return settings["sft_dataset"]
-    return folder_name(settings["init_from"] if ckpt["kind"] == "sft" and settings.get("init_from") else path)
+    settings, tuned = ckpt.get("config") or {}, ckpt["kind"] != "base"
+    return (tuned and settings.get("sft_dataset")) or folder_name(settings.get("init_from") or path if tuned else path)
 
 
 def sft_items(data_dir, whose, loaded):
@@ -220,9 +182,9 @@ def sft_items(data_dir, whose, loaded):
              f"--sft_dataset={os.path.basename(data_dir)}`, or name another with --sft_dataset")
     except ValueError as e:
         fail(f"{data_dir}/ is not an SFT dataset that sft.py built ({e}): rebuild it with sft.py --build_only --force")
-    if not isinstance(stats, dict) or "tokenizer_sha256" not in stats:
-        fail(f"{data_dir}/stats.json was not written by sft.py: rebuild the dataset with sft.py --build_only --force")
     for path, ckpt, tok, tok_path in loaded:
+        if not isinstance(stats, dict) or "tokenizer_sha256" not in stats:
+            fail(f"{data_dir}/stats.json was not written by sft.py: rebuild it with sft.py --build_only --force")
         if stats["tokenizer_sha256"] != sha256_of(tok_path):
             fail(f"{data_dir}/ was built with tokenizer {stats.get('tokenizer')} (sha256 "
                  f"{str(stats['tokenizer_sha256'])[:12]}), but {path} uses {tok_path} (sha256 "
@@ -254,13 +216,12 @@ def pairs_items():
 
 def mc_items(path):
     """(set name, [(context, options, right index)]) from a file of one of the MC_SHAPES."""
-    rows = read_rows(path)
+    rows, items = read_rows(path), []
     shape = next((name for name, columns in MC_SHAPES.items() if columns[1] in rows[0]), None)
     if shape is None:
         fail(f"{path} is no multiple-choice set: its columns are {', '.join(map(str, rows[0]))}; expected those of "
              + "; ".join(f"{name} ({', '.join(columns)})" for name, columns in MC_SHAPES.items()))
-    rows = read_rows(path, MC_SHAPES[shape])
-    items = []
+    read_rows(path, MC_SHAPES[shape])  # stops naming the columns it lacks
     for row in rows[metric_skip:metric_skip + metric_items]:
         if shape == "DarijaHellaSwag":
             context, options, right = row["ctx"], row["endings"], row["label"]
@@ -279,21 +240,18 @@ def mc_items(path):
 @torch.no_grad()
 def token_nats(model, stream):
     """The loss (nats) of every token of `stream` after the first, each predicted once: consecutive windows of the
-    context length, as pretrain.py's validation windows read val.bin, batch_size windows at a time."""
-    block, nats = model.config.block_size, np.zeros(len(stream) - 1)
-    starts = list(range(0, len(stream) - 1, block))
-    for i in range(0, len(starts), batch_size):
-        x = torch.zeros(len(starts[i:i + batch_size]), block, dtype=torch.long)
+    context length (pretrain.py's validation reads such windows, at random places), batch_size at a time."""
+    block, nats = model.config.block_size, []
+    windows = [torch.from_numpy(stream[i:i + block + 1].astype(np.int64)) for i in range(0, len(stream) - 1, block)]
+    for i in range(0, len(windows), batch_size):
+        x = torch.zeros(len(windows[i:i + batch_size]), block, dtype=torch.long)
         y = torch.full_like(x, -1)  # -1: padding after the last token, in no loss
-        for row, start in enumerate(starts[i:i + batch_size]):
-            window = torch.from_numpy(stream[start:start + block + 1].astype(np.int64))
+        for row, window in enumerate(windows[i:i + batch_size]):
             x[row, :len(window) - 1], y[row, :len(window) - 1] = window[:-1], window[1:]
-        logits = model(x.to(model.wte.weight.device))[0].float()
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten().to(logits.device), ignore_index=-1, reduction="none")
-        for row, start in enumerate(starts[i:i + batch_size]):
-            count = min(block, len(stream) - 1 - start)
-            nats[start:start + count] = loss.view(x.shape)[row, :count].cpu().numpy()
-    return nats
+        y = y.flatten().to(model.wte.weight.device)
+        loss = F.cross_entropy(model(x.to(y.device))[0].float().flatten(0, 1), y, ignore_index=-1, reduction="none")
+        nats.append(loss[y >= 0].cpu().numpy())  # row after row: the tokens in order
+    return np.concatenate(nats)
 
 
 def script_of(text):  # by majority of letters: Darija is written in both
@@ -311,7 +269,7 @@ def bpb(model, tok, chat, documents):
     specials = set(tok.special_tokens.values())
     texts = [tok.decode_bytes([t for t in doc.tolist() if t not in specials]) for doc, _ in documents]
     groups = {"all": np.ones(len(documents), bool)}
-    for label in sorted({source for _, source in documents} - {None}) if len(documents) else []:
+    for label in sorted({source for _, source in documents} - {None}):
         groups[f"source {label}"] = np.array([source == label for _, source in documents])
     for label in ("Arabic script", "Latin script"):
         groups[label] = np.array([script_of(text.decode("utf-8", errors="replace")) == label for text in texts])
@@ -337,18 +295,21 @@ def generate_text(model, tok, ids, first_line=False):
     return (text.split("\n")[0] if first_line else text).strip()
 
 
+def ngram_counts(hyp, ref, n):
+    """(hypothesis n-grams, reference n-grams, matches: each at most as often as the reference has it)."""
+    hyp_ngrams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+    ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+    return sum(hyp_ngrams.values()), sum(ref_ngrams.values()), sum((hyp_ngrams & ref_ngrams).values())
+
+
 def chrf(hyps, refs, order=6, beta=2.0):
     """Corpus-level chrF (Popovic 2015), as sacrebleu's default: character 1..6-grams without whitespace, counts
     summed over the corpus, precision and recall averaged over the orders present, recall weighted beta times."""
     stats = [[0, 0, 0] for _ in range(order)]  # per order: hypothesis n-grams, reference n-grams, matches
     for hyp, ref in zip(hyps, refs):
-        hyp, ref = "".join(hyp.split()), "".join(ref.split())
         for n in range(1, order + 1):
-            hyp_ngrams = Counter(hyp[i:i + n] for i in range(len(hyp) - n + 1))
-            ref_ngrams = Counter(ref[i:i + n] for i in range(len(ref) - n + 1))
-            stats[n - 1][0] += sum(hyp_ngrams.values()) if ref_ngrams else 0
-            stats[n - 1][1] += sum(ref_ngrams.values())
-            stats[n - 1][2] += sum((hyp_ngrams & ref_ngrams).values())
+            n_hyp, n_ref, matches = ngram_counts("".join(hyp.split()), "".join(ref.split()), n)
+            stats[n - 1] = [stats[n - 1][0] + (n_hyp if n_ref else 0), stats[n - 1][1] + n_ref, stats[n - 1][2] + matches]
     used = [(matches / n_hyp, matches / n_ref) for n_hyp, n_ref, matches in stats if n_hyp and n_ref]
     precision = sum(p for p, _ in used) / len(used) if used else 0.0
     recall = sum(r for _, r in used) / len(used) if used else 0.0
@@ -357,13 +318,13 @@ def chrf(hyps, refs, order=6, beta=2.0):
 
 
 BLEU_SPLITS = [(re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "), (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
-               (re.compile(r"([\.,])([^0-9])"), r" \1 \2"), (re.compile(r"([0-9])(-)"), r"\1 \2 ")]
+               (re.compile(r"([\.,])([^0-9])"), r" \1 \2"), (re.compile(r"([0-9])(-)"), r"\1 \2 ")]  # 13a's
 
 
 def bleu_words(text):
     """The words BLEU counts: sacrebleu's default tokenizer (13a, as mteval-v13a.pl): punctuation split off."""
-    text = f" {text.replace('<skipped>', '').replace('-' + chr(10), '').replace(chr(10), ' ')} "
-    text = text.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ").replace("&quot;", '"')
+    text = f' {text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")} '
     for pattern, replacement in BLEU_SPLITS:
         text = pattern.sub(replacement, text)
     return text.split()
@@ -378,19 +339,14 @@ def bleu(hyps, refs, order=4):
         hyp, ref = bleu_words(hyp), bleu_words(ref)
         hyp_len, ref_len = hyp_len + len(hyp), ref_len + len(ref)
         for n in range(1, order + 1):
-            hyp_ngrams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
-            ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-            matches[n - 1] += sum((hyp_ngrams & ref_ngrams).values())
-            totals[n - 1] += sum(hyp_ngrams.values())
+            n_hyp, _, n_matches = ngram_counts(hyp, ref, n)
+            totals[n - 1], matches[n - 1] = totals[n - 1] + n_hyp, matches[n - 1] + n_matches
     if not any(matches) or not totals[0]:
         return 0.0
-    log_precisions, halvings = [], 1.0
-    for match, total in zip(matches, totals):
-        if not total:  # hypotheses too short for this order: log(0), as sacrebleu
-            log_precisions.append(-9999999999)
-            continue
-        halvings *= 2 if not match else 1
-        log_precisions.append(math.log(match / total if match else 1 / (halvings * total)))
+    log_precisions, misses = [], 0
+    for match, total in zip(matches, totals):  # an order the hypotheses are too short for: log(0), as sacrebleu
+        misses += not match
+        log_precisions.append(math.log((match or 1 / 2**misses) / total) if total else -9999999999)
     brevity = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
     return 100 * brevity * math.exp(sum(log_precisions) / order)
 
@@ -412,8 +368,7 @@ def translation(model, tok, chat, directions):
         refs = [item["reference"] for item in items]
         scores[task] = dict(items=len(items), chrf=round(chrf(hyps, refs), 2), bleu=round(bleu(hyps, refs), 2),
                             example=dict(input=items[0]["input"], output=hyps[0]))
-        print(f"  {task}: chrF {scores[task]['chrf']:.1f}, BLEU {scores[task]['bleu']:.1f} on {len(items)} items",
-              flush=True)
+        print(f"  {task}: chrF {scores[task]['chrf']:.1f}, BLEU {scores[task]['bleu']:.1f} on {len(items)} items")
     return scores
 
 
@@ -434,19 +389,16 @@ def normalised(logliks, options):  # lm-evaluation-harness's acc_norm: per chara
 
 
 def multiple_choice(model, tok, chat, sets):
-    """Accuracy (length-normalised), raw accuracy and centered accuracy of each multiple-choice set."""
+    """Accuracy (length-normalised) and centered accuracy (acc - chance) / (1 - chance) of each set."""
     scores = {}
     for name, items in sets.items():
-        right = raw = 0
+        right = 0
         for context, options, answer in items:
-            logliks = option_logliks(model, tok, context, options)
-            norm = normalised(logliks, options)
+            norm = normalised(option_logliks(model, tok, context, options), options)
             right += norm.index(max(norm)) == answer
-            raw += logliks.index(max(logliks)) == answer
-        chance = sum(1 / len(options) for _, options, _ in items) / len(items)
-        acc = right / len(items)
-        scores[name] = dict(items=len(items), acc=round(acc, 4), acc_raw=round(raw / len(items), 4),
-                            chance=round(chance, 4), acc_centered=round((acc - chance) / (1 - chance), 4))
+        chance, acc = sum(1 / len(options) for _, options, _ in items) / len(items), right / len(items)
+        scores[name] = dict(items=len(items), acc=round(acc, 4), chance=round(chance, 4),
+                            acc_centered=round((acc - chance) / (1 - chance), 4))
         print(f"  {name}: accuracy {acc:.3f} on {len(items)} items (chance {chance:.3f})", flush=True)
     return scores
 
@@ -482,8 +434,8 @@ def tables(report):
 
 
 def chart(report, path):
-    """report.png: a panel per task, a bar per checkpoint (translation: per direction; mc: per set, with the quoted
-    figures as lines). Skipped with a notice when matplotlib is missing."""
+    """report.png: a panel per task, a bar per checkpoint and figure (bpb per group, chrF per direction, accuracy
+    per set, beside chance). Skipped with a notice when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no window
@@ -491,25 +443,17 @@ def chart(report, path):
     except ImportError:
         print("note: matplotlib is not installed, so there is no report.png (pip install matplotlib)")
         return False
-    figure, axes = plt.subplots(1, len(report["tasks"]), figsize=(5 * len(report["tasks"]), 4), squeeze=False)
-    figures = {"bpb": ("bits per byte (lower is better)", lambda s: s.get("bpb"), ["all"]),
-               "translation": ("chrF", lambda s: s.get("chrf"), list(DIRECTIONS)),
-               "mc": ("accuracy %", lambda s: 100 * s["acc"], None)}
-    width = 0.8 / len(report["checkpoints"])
+    columns, n = report["checkpoints"], len(report["tasks"])
+    figure, axes = plt.subplots(1, n, figsize=(5 * n, 4.5), squeeze=False)
     for axis, task in zip(axes[0], report["tasks"]):
-        label, value, subs = figures[task]
-        subs = [s for s in subs or dict.fromkeys(s for c in report["checkpoints"] for s in c[task])
-                if any(s in c[task] for c in report["checkpoints"])]
-        for i, column in enumerate(report["checkpoints"]):
-            axis.bar([j + i * width for j in range(len(subs))], [value(column[task][s]) if s in column[task] else 0
-                                                                 for s in subs], width, label=column["path"])
+        key, subs, width = {"bpb": "bpb", "translation": "chrf", "mc": "acc"}[task], list(dict.fromkeys(s for c in columns for s in c[task])), 0.8 / len(columns)
+        for i, column in enumerate(columns):
+            axis.bar([j + i * width for j in range(len(subs))], [column[task].get(s, {}).get(key, 0) for s in subs],
+                     width, label=f"{column['path']} ({column['kind']})")
         if task == "mc":
-            for row in REFERENCES["rows"]:
-                axis.axhline(row["DarijaHellaSwag"], linestyle="--", linewidth=0.8, color="gray")
-                axis.annotate(f"{row['model']}: HellaSwag {row['DarijaHellaSwag']} (quoted)", (0, row["DarijaHellaSwag"]),
-                              fontsize=7, color="gray")
-        axis.set_xticks([j + width * (len(report["checkpoints"]) - 1) / 2 for j in range(len(subs))], subs, fontsize=7)
-        axis.set_title(f"{task}: {label}", fontsize=9)
+            axis.axhline(0.25, linestyle="--", color="gray", label="chance (4 options)")
+        axis.set_xticks(range(len(subs)), subs, rotation=20, ha="right", fontsize=7)
+        axis.set_title(f"{task}: {key}", fontsize=9)
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(f"{path}.tmp{os.getpid()}", format="png", dpi=100)
@@ -542,7 +486,10 @@ def main():
     claim_report(folder)
 
     # 2. every checkpoint with its tokenizer, before any scoring: a bad one stops the run at once
-    loaded = [(path, *load(path)) for path in CHECKPOINTS]
+    try:
+        loaded = [(path, *load_with_tokenizer(path)) for path in CHECKPOINTS]
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
 
     # 3. the held-out material of each task, read and checked before any scoring
     material, sources = {}, {}
@@ -559,17 +506,12 @@ def main():
         material["translation"] = [sft_items(sources["translation"], whose, loaded)] * len(loaded)
     if "mc" in chosen:
         sources["mc"], material["mc"] = mc, [dict(mc_items(path) for path in mc)] * len(loaded)
-    if any(not items for items, _ in material.get("translation", [{}])[0].values()):
-        print("note: no held-out items for "
-              + ", ".join(t for t, (items, _) in material["translation"][0].items() if not items), flush=True)
 
     # 4. the scores, one checkpoint at a time
-    print(f"scoring {', '.join(chosen)} on {device_name}", flush=True)
     results = []
     for i, (path, ckpt, tok, tok_path) in enumerate(loaded):
         chat = ckpt["kind"] != "base"
-        print(f"{path} ({ckpt['kind']}: {'answers as a chat model' if chat else f'{few_shot}-shot plain prompt'})",
-              flush=True)
+        print(f"{path} ({ckpt['kind']}: {'a chat model' if chat else f'{few_shot}-shot plain prompt'}) on {device_name}")
         model = model_from_checkpoint(ckpt).to(device_name).eval()
         results.append(dict(path=path, kind=ckpt["kind"],
                             **{task: TASKS[task](model, tok, chat, material[task][i]) for task in chosen}))

@@ -313,7 +313,7 @@ def lost(work):
     (["out/chat", "--tasks=mc", "--mc=['odd.jsonl']"], r"odd.jsonl is no multiple-choice set: its columns are text; "
                                                        r"expected those of DarijaHellaSwag \(ctx, endings, label\)"),
     (["out/chat", "--tasks=mc", "--mc=['empty.jsonl']"], r"empty.jsonl holds no rows: an empty set scores nothing"),
-    (["out/chat", "--tasks=bpb", "--bpb_data=empty.txt"], r"empty.txt holds no text: an empty set scores nothing"),
+    (["out/chat", "--tasks=bpb", "--bpb_data=empty.txt"], r"empty.txt holds no rows: an empty set scores nothing"),
     (["out/chat", "--tasks=mc"], r"the mc task needs its sets: --mc="),
     (["out/chat", "--tasks=mc", "--mc=['hub:me/mc']"], r"a hub file is hub:OWNER/NAME/PATH"),
     (["out/chat", "--metric_itmes=3"], r"unknown config key 'metric_itmes' .* did you mean 'metric_items'"),
