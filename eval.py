@@ -2,17 +2,14 @@
 eval.py: the report card. Scores checkpoints on the same held-out material, side by side:
 
     python eval.py out/darija_small out/darija_sft out/darija_lora/best.pt        # -> reports/darija_lora/
-    python eval.py out/darija_small --tasks=mc --mc="['hub:MBZUAI-Paris/DarijaHellaSwag/data/test.parquet']"
+    python eval.py out/darija_small --tasks=mc --mc="['hub:MBZUAI-Paris/DarijaMMLU/PATH/IN/IT.parquet']"
 
-Checkpoints are positional arguments (a folder means its best.pt) among config files and --key=value settings;
-sft.py and lora.py run this script on what they trained. In order: 1. the settings and the report folder
-(`out`: a report is replaced only with --force, never other files); 2. each checkpoint with its tokenizer
-(checked by sha256); 3. each task's held-out material, read and checked before any scoring; 4. the scores:
-bpb, pretrain.py's bits per byte over every token (overall, per source, per script: where the model is weak);
-translation, chrF and BLEU as sacrebleu's of greedy answers (a chat checkpoint answers each request, a base
-one continues a few-shot plain-text prompt); mc, the option with the highest log-likelihood per character
-(lm-evaluation-harness's acc_norm); 5. report.json, report.md (a table per task, a column per checkpoint,
-published figures quoted for scale) and report.png, each written to a temporary file and renamed.
+Checkpoints are positional arguments (a folder means its best.pt); sft.py and lora.py run this on what they
+trained. 1. The settings and the report folder (`out`: a report is replaced only with --force). 2. Each
+checkpoint with its tokenizer (sha256-checked). 3. Each task's held-out material, checked before any scoring.
+4. The scores: bpb, pretrain.py's bits per byte over every token, overall, per source and per script (where
+the model is weak); translation, chrF and BLEU (sacrebleu's) of greedy answers; mc, the option of highest
+log-likelihood per character (lm-evaluation-harness's acc_norm). 5. report.json, report.md, report.png.
 """
 import csv
 import json
@@ -43,7 +40,6 @@ metric_items = 100                  # held-out items per translation direction a
 metric_skip = 0                     # held-out items passed over first (scores items a choice was not made on)
 few_shot = 3                        # solved examples shown to a base model
 max_new_tokens = 64
-batch_size = 8                      # windows per forward pass (bpb)
 out = ""                            # the report folder ("": reports/<the last checkpoint's folder name>)
 device = "auto"                     # "auto": cuda when available, else cpu
 force = False                       # replace an existing report (never other files)
@@ -51,7 +47,7 @@ force = False                       # replace an existing report (never other fi
 if __name__ == "__main__":  # imported (tests), eval.py only lends its metrics
     CHECKPOINTS = [arg for arg in sys.argv[1:] if not arg.startswith("--") and not arg.endswith(".py")]
     configure(globals(), argv=[arg for arg in sys.argv[1:] if arg not in CHECKPOINTS])
-ROOT = os.path.dirname(os.path.abspath(__file__))
+PROMPTS = Path(__file__).resolve().parent / "data" / "sample" / "sft" / "prompts.json"  # sft.py's request phrasings
 REPORT_FILES = ("report.json", "report.md", "report.png")
 DIRECTIONS = {"dar2en": ("latin", "english", "Darija", "English"), "en2dar": ("english", "latin", "English", "Darija"),
               "lat2ar": ("latin", "arabic", "Arabizi", "Arabic"), "ar2lat": ("arabic", "latin", "Arabic", "Arabizi")}
@@ -77,9 +73,8 @@ def claim_report(folder):
     """Lock the report folder (a second run names this one's process) and stop unless it is ours to write."""
     claim(folder)
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    for name in names:  # a killed run's temporary files (NAME.tmpPID): half-written, never read
-        if ".tmp" in name:
-            os.remove(os.path.join(folder, name))
+    for name in [name for name in names if ".tmp" in name]:  # a killed run's temporary files: never read
+        os.remove(os.path.join(folder, name))
     others = sorted(name for name in names if name not in REPORT_FILES and ".tmp" not in name)
     if others:  # --force or not: eval.py never deletes or mixes with files it did not write
         fail(f"{folder}/ holds files eval.py did not write: {', '.join(others)}; pick another --out")
@@ -89,15 +84,14 @@ def claim_report(folder):
 
 # --- 3. the held-out material ---------------------------------------------------------------------
 def fetch(spec):
-    """A local path for a file given as a path or as hub:OWNER/NAME/PATH (downloaded into the Hugging Face cache
-    and reused from it offline, as prepare.py's hub sources are)."""
+    """The local path of a file, or of hub:OWNER/NAME/PATH: downloaded into the Hugging Face cache, as prepare.py's."""
     if not spec.startswith("hub:"):
         return spec
     owner, name, remote = (spec[4:].split("/", 2) + ["", ""])[:3]
-    repo = f"{owner}/{name}"
     if not (owner and name and remote):
         fail(f"{spec}: a hub file is hub:OWNER/NAME/PATH (the dataset, then the file's path in it)")
     from huggingface_hub import HfApi, hf_hub_download  # imported here: only hub files need it
+    repo = f"{owner}/{name}"
     try:
         return hf_hub_download(repo, remote, repo_type="dataset", local_files_only=True)  # fetched before
     except Exception:  # not yet: ask the hub (dataset_info is not retried, so no network shows at once)
@@ -106,28 +100,25 @@ def fetch(spec):
             return hf_hub_download(repo, remote, repo_type="dataset")
         except Exception as e:  # no network, gated, missing: one line, with the way round it
             why = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
-            fail(f"cannot fetch {remote} of the hub dataset {repo} ({why}): on a machine with internet run `hf "
-                 f"download {repo} {remote} --repo-type=dataset --local-dir=DIR` (gated: HF_TOKEN), then give DIR/{remote}")
+            fail(f"cannot fetch {remote} of the hub dataset {repo} ({why}): with internet, run `hf download {repo} "
+                 f"{remote} --repo-type=dataset --local-dir=DIR` (HF_TOKEN set if gated), then give DIR/{remote}")
 
 
 def read_rows(path, needed=()):
-    """The rows (dicts) of a .jsonl, .csv, .parquet or .txt (`text`: a line) file; stops naming a `needed` column
-    it lacks. An empty file stops too: an empty set scores nothing."""
+    """The rows (dicts) of a .jsonl, .csv, .parquet or .txt (`text`: a line) file, with the `needed` columns."""
     path = fetch(path)
     try:
-        if path.endswith(".txt"):  # a document per line
-            with open(path, encoding="utf-8") as f:
-                rows = [dict(text=line.strip()) for line in f if line.strip()]
-        elif path.endswith(".parquet"):
+        if path.endswith(".parquet"):
             import pyarrow.parquet as pq  # imported here: only parquet files need it
             rows = pq.read_table(path).to_pylist()
-        elif path.endswith(".csv"):
-            with open(path, encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f))
         else:
-            with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f)) if path.endswith(".csv") else [line for line in f if line.strip()]
+            if path.endswith(".txt"):  # a document per line
+                rows = [dict(text=line.strip()) for line in rows]
+            elif not path.endswith(".csv"):  # JSON lines
+                rows = [json.loads(line) for line in rows]
+    except (OSError, ValueError) as e:  # missing, not UTF-8, not JSON, not parquet
         fail(f"cannot read {path} ({type(e).__name__}: {e}): give a .jsonl, .csv, .parquet or .txt file")
     if not rows:
         fail(f"{path} holds no rows: an empty set scores nothing")
@@ -137,9 +128,12 @@ def read_rows(path, needed=()):
     return rows
 
 
-def val_bin_documents(tok, tok_path, path):
-    """The documents of data/NAME/val.bin (each <|endoftext|> first) with their source, when meta.json records
-    how many val documents each source gave (prepare.py writes them in source order)."""
+def bpb_documents(tok, tok_path, path):
+    """[(ids, <|endoftext|> first; source)]: bpb_data's (.txt lines; .jsonl `text`, `source`), else val.bin's, whose
+    sources meta.json's val_docs give (prepare.py writes the documents in source order; None without them)."""
+    if bpb_data:
+        return [(np.array([tok.eot_id] + tok.encode_ordinary(row["text"])), row.get("source")
+                 or os.path.basename(bpb_data)) for row in read_rows(bpb_data, ["text"])]
     data_dir = os.path.dirname(tok_path)
     try:
         meta = json.loads(Path(data_dir, "meta.json").read_text(encoding="utf-8"))
@@ -156,38 +150,27 @@ def val_bin_documents(tok, tok_path, path):
     return [(doc, None) for doc in docs]  # per source: not recorded in meta.json (an older prepare.py)
 
 
-def text_documents(tok, path):
-    """bpb_data's documents: a .txt file's lines, or a .jsonl file's `text` (and `source` when present)."""
-    return [(np.array([tok.eot_id] + tok.encode_ordinary(row["text"])), row.get("source") or os.path.basename(path))
-            for row in read_rows(path, ["text"])]
-
-
 def dataset_name(path, ckpt):
-    """The SFT dataset a checkpoint goes with: the one it was fine-tuned on (sft.py and lora.py record it),
-    else the one sft.py builds for it as a base: named after its folder (for an SFT model, its base's)."""
+    """The SFT dataset a checkpoint was tuned on, else the one sft.py names after a base's folder (or its base's)."""
     settings, tuned = ckpt.get("config") or {}, ckpt["kind"] != "base"
     return (tuned and settings.get("sft_dataset")) or folder_name(settings.get("init_from") or path if tuned else path)
 
 
-def sft_items(data_dir, whose, loaded):
+def sft_items(data_dir, loaded):
     """{direction: (items, shots)} from an SFT dataset sft.py built: its val items, its train items as shots."""
     try:
-        stats = json.loads(Path(data_dir, "stats.json").read_text(encoding="utf-8"))
-        examples = {}
-        for split in ("train", "val"):
-            with open(os.path.join(data_dir, f"{split}.jsonl"), encoding="utf-8") as f:
-                examples[split] = [json.loads(line) for line in f]
+        stats = dict(json.loads(Path(data_dir, "stats.json").read_text(encoding="utf-8")))
     except OSError:
+        whose = "--sft_dataset" if sft_dataset else f"the dataset of {loaded[0][0]}"
         fail(f"no SFT dataset at {data_dir}/ ({whose}): build it with `python sft.py CONFIG --build_only "
              f"--sft_dataset={os.path.basename(data_dir)}`, or name another with --sft_dataset")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # not JSON, or not an object
         fail(f"{data_dir}/ is not an SFT dataset that sft.py built ({e}): rebuild it with sft.py --build_only --force")
+    examples = {split: read_rows(os.path.join(data_dir, f"{split}.jsonl")) for split in ("train", "val")}
     for path, ckpt, tok, tok_path in loaded:
-        if not isinstance(stats, dict) or "tokenizer_sha256" not in stats:
-            fail(f"{data_dir}/stats.json was not written by sft.py: rebuild it with sft.py --build_only --force")
-        if stats["tokenizer_sha256"] != sha256_of(tok_path):
+        if stats.get("tokenizer_sha256") != sha256_of(tok_path):
             fail(f"{data_dir}/ was built with tokenizer {stats.get('tokenizer')} (sha256 "
-                 f"{str(stats['tokenizer_sha256'])[:12]}), but {path} uses {tok_path} (sha256 "
+                 f"{str(stats.get('tokenizer_sha256'))[:12]}), but {path} uses {tok_path} (sha256 "
                  f"{sha256_of(tok_path)[:12]}): pick the dataset built for it with --sft_dataset")
 
     def item(ex):
@@ -198,10 +181,10 @@ def sft_items(data_dir, whose, loaded):
 
 
 def pairs_items():
-    """{direction: (items, shots)} from a pairs file: the first few_shot rows are the shots, the next are scored;
-    a chat model gets each request as sft.py's first English phrasing of the task (data/sample/sft/prompts.json)."""
+    """{direction: (items, shots)} from a pairs file: few_shot rows, then those scored; a chat model gets each
+    request as sft.py's first English phrasing of the task (data/sample/sft/prompts.json)."""
     rows = read_rows(pairs, [column for column in pairs_columns.values() if column])
-    phrasings = json.loads(Path(ROOT, "data", "sample", "sft", "prompts.json").read_text(encoding="utf-8"))
+    phrasings = json.loads(PROMPTS.read_text(encoding="utf-8"))
     out = {}
     for task, (source, target, _, _) in DIRECTIONS.items():
         if pairs_columns.get(source) and pairs_columns.get(target):
@@ -226,21 +209,21 @@ def mc_items(path):
         if shape == "DarijaHellaSwag":
             context, options, right = row["ctx"], row["endings"], row["label"]
         elif shape == "DarijaMMLU":
-            context, options, right = f"{row.get('context') or ''}\n{row['question']}".strip(), row["choices"], row["answer"]
+            context = f"{row.get('context') or ''}\n{row['question']}".strip()
+            options, right = row["choices"], row["answer"]
         else:
             context = f"{row['flores_passage']}\n{row['question']}"
             options, right = [row[f"mc_answer{i}"] for i in range(1, 5)], int(row["correct_answer_num"]) - 1
         options = json.loads(options) if isinstance(options, str) else list(options)  # a CSV holds a JSON list
         items.append((str(context), [str(option) for option in options], int(right)))
-    name = os.path.splitext(os.path.basename(path.removeprefix("hub:")))[0]
-    return f"{shape} {name}", items
+    return f"{shape} {os.path.splitext(os.path.basename(path))[0]}", items
 
 
 # --- 4. the tasks ---------------------------------------------------------------------------------
 @torch.no_grad()
-def token_nats(model, stream):
-    """The loss (nats) of every token of `stream` after the first, each predicted once: consecutive windows of the
-    context length (pretrain.py's validation reads such windows, at random places), batch_size at a time."""
+def token_nats(model, stream, batch_size=8):
+    """The loss (nats) of each token of `stream` after the first, in consecutive windows of the context length
+    (pretrain.py's validation reads such windows at random places, so some tokens twice and some never)."""
     block, nats = model.config.block_size, []
     windows = [torch.from_numpy(stream[i:i + block + 1].astype(np.int64)) for i in range(0, len(stream) - 1, block)]
     for i in range(0, len(windows), batch_size):
@@ -254,33 +237,27 @@ def token_nats(model, stream):
     return np.concatenate(nats)
 
 
-def script_of(text):  # by majority of letters: Darija is written in both
-    arabic, latin = len(regex.findall(r"\p{Script=Arabic}", text)), len(regex.findall(r"\p{Script=Latin}", text))
-    return "Arabic script" if arabic >= latin else "Latin script"
-
-
 def bpb(model, tok, chat, documents):
-    """Bits per byte over every token of the documents, overall, per source and per script:
-    mean nats per predicted token x tokens / bytes / ln 2 (pretrain.py's formula) within each group."""
+    """Per group (all, each source, each script): mean nats per predicted token x tokens / bytes / ln 2."""
     lengths = np.array([len(doc) for doc, _ in documents])
     nats = token_nats(model, np.concatenate([doc for doc, _ in documents]))
     doc_of_target = np.repeat(np.arange(len(documents)), lengths)[1:]  # the first token is never predicted
     doc_nats, doc_targets = np.bincount(doc_of_target, weights=nats), np.bincount(doc_of_target)
-    specials = set(tok.special_tokens.values())
-    texts = [tok.decode_bytes([t for t in doc.tolist() if t not in specials]) for doc, _ in documents]
+    texts = [tok.decode_bytes([t for t in doc.tolist() if t != tok.eot_id]) for doc, _ in documents]  # the text's bytes
+    doc_bytes = np.array([len(text) for text in texts])
     groups = {"all": np.ones(len(documents), bool)}
     for label in sorted({source for _, source in documents} - {None}):
         groups[f"source {label}"] = np.array([source == label for _, source in documents])
-    for label in ("Arabic script", "Latin script"):
-        groups[label] = np.array([script_of(text.decode("utf-8", errors="replace")) == label for text in texts])
+    arabic, latin = (np.array([len(regex.findall(rf"\p{{Script={script}}}", text.decode("utf-8", errors="replace")))
+                               for text in texts]) for script in ("Arabic", "Latin"))
+    groups["Arabic script"], groups["Latin script"] = arabic >= latin, arabic < latin  # by majority of letters
     scores = {}
     for name, chosen in groups.items():
-        n_bytes, targets = sum(len(t) for t, c in zip(texts, chosen) if c), doc_targets[chosen].sum()
+        tokens, n_bytes, targets = lengths[chosen].sum(), doc_bytes[chosen].sum(), doc_targets[chosen].sum()
         if n_bytes and targets:
-            scores[name] = dict(bpb=round(float(doc_nats[chosen].sum() / targets * lengths[chosen].sum() / n_bytes
-                                                / math.log(2)), 4), docs=int(chosen.sum()),
-                                tokens=int(lengths[chosen].sum()), bytes=int(n_bytes))
-    print(f"  bpb: {scores['all']['bpb']:.4f} bits per byte over {scores['all']['tokens']:,} tokens", flush=True)
+            bits = doc_nats[chosen].sum() / targets * tokens / n_bytes / math.log(2)
+            scores[name] = dict(bpb=round(float(bits), 4), docs=int(chosen.sum()), tokens=int(tokens),
+                                bytes=int(n_bytes))
     return scores
 
 
@@ -295,22 +272,25 @@ def generate_text(model, tok, ids, first_line=False):
     return (text.split("\n")[0] if first_line else text).strip()
 
 
-def ngram_counts(hyp, ref, n):
-    """(hypothesis n-grams, reference n-grams, matches: each at most as often as the reference has it)."""
-    hyp_ngrams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
-    ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-    return sum(hyp_ngrams.values()), sum(ref_ngrams.values()), sum((hyp_ngrams & ref_ngrams).values())
+def corpus_ngrams(pairs, order):
+    """Per order 1..order, summed over (hypothesis, reference) pairs of characters or words: [hypothesis n-grams,
+    those where the reference has n-grams of the order, reference n-grams, matches (clipped to the reference's)]."""
+    stats = [[0, 0, 0, 0] for _ in range(order)]
+    for hyp, ref in pairs:
+        for n in range(1, order + 1):
+            hyp_ngrams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+            ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            n_hyp, n_ref = sum(hyp_ngrams.values()), sum(ref_ngrams.values())
+            counts = (n_hyp, n_hyp if n_ref else 0, n_ref, sum((hyp_ngrams & ref_ngrams).values()))
+            stats[n - 1] = [total + count for total, count in zip(stats[n - 1], counts)]
+    return stats
 
 
 def chrf(hyps, refs, order=6, beta=2.0):
     """Corpus-level chrF (Popovic 2015), as sacrebleu's default: character 1..6-grams without whitespace, counts
     summed over the corpus, precision and recall averaged over the orders present, recall weighted beta times."""
-    stats = [[0, 0, 0] for _ in range(order)]  # per order: hypothesis n-grams, reference n-grams, matches
-    for hyp, ref in zip(hyps, refs):
-        for n in range(1, order + 1):
-            n_hyp, n_ref, matches = ngram_counts("".join(hyp.split()), "".join(ref.split()), n)
-            stats[n - 1] = [stats[n - 1][0] + (n_hyp if n_ref else 0), stats[n - 1][1] + n_ref, stats[n - 1][2] + matches]
-    used = [(matches / n_hyp, matches / n_ref) for n_hyp, n_ref, matches in stats if n_hyp and n_ref]
+    stats = corpus_ngrams([("".join(hyp.split()), "".join(ref.split())) for hyp, ref in zip(hyps, refs)], order)
+    used = [(matches / n_hyp, matches / n_ref) for _, n_hyp, n_ref, matches in stats if n_hyp and n_ref]
     precision = sum(p for p, _ in used) / len(used) if used else 0.0
     recall = sum(r for _, r in used) / len(used) if used else 0.0
     denominator = beta**2 * precision + recall
@@ -331,20 +311,13 @@ def bleu_words(text):
 
 
 def bleu(hyps, refs, order=4):
-    """Corpus-level BLEU, as sacrebleu's default: clipped 1..4-gram precisions summed over the corpus, their
-    geometric mean (an order without a match counts 1 / (2^k x its n-grams), the k-th such: "exp" smoothing),
-    times the brevity penalty exp(1 - reference words / hypothesis words) when the hypotheses are shorter."""
-    matches, totals, hyp_len, ref_len = [0] * order, [0] * order, 0, 0
-    for hyp, ref in zip(hyps, refs):
-        hyp, ref = bleu_words(hyp), bleu_words(ref)
-        hyp_len, ref_len = hyp_len + len(hyp), ref_len + len(ref)
-        for n in range(1, order + 1):
-            n_hyp, _, n_matches = ngram_counts(hyp, ref, n)
-            totals[n - 1], matches[n - 1] = totals[n - 1] + n_hyp, matches[n - 1] + n_matches
-    if not any(matches) or not totals[0]:
+    """Corpus-level BLEU, as sacrebleu's default: the geometric mean of the clipped 1..4-gram precisions ("exp"
+    smoothing: the k-th order without a match counts 1 / 2^k matches) times the brevity penalty."""
+    stats = corpus_ngrams([(bleu_words(hyp), bleu_words(ref)) for hyp, ref in zip(hyps, refs)], order)
+    (hyp_len, _, ref_len, _), log_precisions, misses = stats[0], [], 0  # 1-grams: the lengths in words
+    if not hyp_len or not any(matches for *_, matches in stats):
         return 0.0
-    log_precisions, misses = [], 0
-    for match, total in zip(matches, totals):  # an order the hypotheses are too short for: log(0), as sacrebleu
+    for total, _, _, match in stats:  # an order the hypotheses are too short for: log(0), as sacrebleu
         misses += not match
         log_precisions.append(math.log((match or 1 / 2**misses) / total) if total else -9999999999)
     brevity = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
@@ -352,8 +325,7 @@ def bleu(hyps, refs, order=4):
 
 
 def translation(model, tok, chat, directions):
-    """chrF and BLEU per direction: a chat model answers each request; a base model continues a few-shot
-    plain-text prompt ("Arabizi: ...\\nArabic: ...") up to the newline."""
+    """chrF and BLEU per direction; a base model continues a few-shot prompt ("Arabizi: ...\\nArabic: ...")."""
     scores = {}
     for task, (items, shots) in directions.items():
         if not items:
@@ -368,7 +340,6 @@ def translation(model, tok, chat, directions):
         refs = [item["reference"] for item in items]
         scores[task] = dict(items=len(items), chrf=round(chrf(hyps, refs), 2), bleu=round(bleu(hyps, refs), 2),
                             example=dict(input=items[0]["input"], output=hyps[0]))
-        print(f"  {task}: chrF {scores[task]['chrf']:.1f}, BLEU {scores[task]['bleu']:.1f} on {len(items)} items")
     return scores
 
 
@@ -392,14 +363,11 @@ def multiple_choice(model, tok, chat, sets):
     """Accuracy (length-normalised) and centered accuracy (acc - chance) / (1 - chance) of each set."""
     scores = {}
     for name, items in sets.items():
-        right = 0
-        for context, options, answer in items:
-            norm = normalised(option_logliks(model, tok, context, options), options)
-            right += norm.index(max(norm)) == answer
-        chance, acc = sum(1 / len(options) for _, options, _ in items) / len(items), right / len(items)
+        picks = [normalised(option_logliks(model, tok, context, options), options) for context, options, _ in items]
+        acc = sum(pick.index(max(pick)) == answer for pick, (_, _, answer) in zip(picks, items)) / len(items)
+        chance = sum(1 / len(options) for _, options, _ in items) / len(items)
         scores[name] = dict(items=len(items), acc=round(acc, 4), chance=round(chance, 4),
                             acc_centered=round((acc - chance) / (1 - chance), 4))
-        print(f"  {name}: accuracy {acc:.3f} on {len(items)} items (chance {chance:.3f})", flush=True)
     return scores
 
 
@@ -426,7 +394,7 @@ def tables(report):
                 lines.append(f"| {cell(sub)} output for \"{cell(example)}\" | "
                              + " | ".join(cell(r["example"]["output"] if r else "-") for r in results) + " |")
     lines += ["", "## Published figures (quoted, not measured here)", "",
-              f"Source: {REFERENCES['source']}. Accuracy in %, chrF on DODa; for scale only: other models, other items.",
+              f"Source: {REFERENCES['source']}. Accuracy in %, chrF on DODa: other models, other items, for scale.",
               "", "| model | DarijaMMLU | DarijaHellaSwag | DODa chrF |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['DarijaMMLU']} | {r['DarijaHellaSwag']} | {r['DODa_chrF'] or '-'} |"
               for r in REFERENCES["rows"]]
@@ -434,8 +402,7 @@ def tables(report):
 
 
 def chart(report, path):
-    """report.png: a panel per task, a bar per checkpoint and figure (bpb per group, chrF per direction, accuracy
-    per set, beside chance). Skipped with a notice when matplotlib is missing."""
+    """report.png: per task, a bar per checkpoint and figure (bpb per group, chrF per direction, accuracy per set)."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no window
@@ -446,12 +413,11 @@ def chart(report, path):
     columns, n = report["checkpoints"], len(report["tasks"])
     figure, axes = plt.subplots(1, n, figsize=(5 * n, 4.5), squeeze=False)
     for axis, task in zip(axes[0], report["tasks"]):
-        key, subs, width = {"bpb": "bpb", "translation": "chrf", "mc": "acc"}[task], list(dict.fromkeys(s for c in columns for s in c[task])), 0.8 / len(columns)
+        key, width = {"bpb": "bpb", "translation": "chrf", "mc": "acc"}[task], 0.8 / len(columns)
+        subs = list(dict.fromkeys(s for c in columns for s in c[task]))  # groups, directions or sets, in order
         for i, column in enumerate(columns):
             axis.bar([j + i * width for j in range(len(subs))], [column[task].get(s, {}).get(key, 0) for s in subs],
                      width, label=f"{column['path']} ({column['kind']})")
-        if task == "mc":
-            axis.axhline(0.25, linestyle="--", color="gray", label="chance (4 options)")
         axis.set_xticks(range(len(subs)), subs, rotation=20, ha="right", fontsize=7)
         axis.set_title(f"{task}: {key}", fontsize=9)
         axis.legend(fontsize=7)
@@ -475,8 +441,8 @@ def main():
         fail(f"unknown task {', '.join(unknown)}: choose among {', '.join(TASKS)} (comma-separated)")
     if not CHECKPOINTS:
         fail("no checkpoint given: python eval.py out/NAME [out/NAME ...] [config.py] [--key=value ...]")
-    if metric_items < 1 or metric_skip < 0 or few_shot < 0 or max_new_tokens < 1 or batch_size < 1:
-        fail("metric_items, max_new_tokens and batch_size must be at least 1, metric_skip and few_shot at least 0")
+    if metric_items < 1 or metric_skip < 0 or few_shot < 0 or max_new_tokens < 1:
+        fail("metric_items and max_new_tokens must be at least 1, metric_skip and few_shot at least 0")
     if "mc" in chosen and not mc:
         fail("the mc task needs its sets: --mc=\"['FILE', 'hub:OWNER/NAME/PATH']\" (.parquet, .jsonl or .csv)")
     device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -495,15 +461,13 @@ def main():
     material, sources = {}, {}
     if "bpb" in chosen:
         sources["bpb"] = bpb_data or "data/NAME/val.bin of each checkpoint's tokenizer"
-        material["bpb"] = [text_documents(tok, bpb_data) if bpb_data else val_bin_documents(tok, tok_path, path)
-                           for path, _, tok, tok_path in loaded]
+        material["bpb"] = [bpb_documents(tok, tok_path, path) for path, _, tok, tok_path in loaded]
     if "translation" in chosen and pairs:
         sources["translation"], material["translation"] = pairs, [pairs_items()] * len(loaded)
     elif "translation" in chosen:
         name = sft_dataset or dataset_name(CHECKPOINTS[0], loaded[0][1])
         sources["translation"] = os.path.join("data", "sft", plain_name("sft_dataset", name))
-        whose = "--sft_dataset" if sft_dataset else f"the dataset of {CHECKPOINTS[0]}"
-        material["translation"] = [sft_items(sources["translation"], whose, loaded)] * len(loaded)
+        material["translation"] = [sft_items(sources["translation"], loaded)] * len(loaded)
     if "mc" in chosen:
         sources["mc"], material["mc"] = mc, [dict(mc_items(path) for path in mc)] * len(loaded)
 
@@ -511,7 +475,7 @@ def main():
     results = []
     for i, (path, ckpt, tok, tok_path) in enumerate(loaded):
         chat = ckpt["kind"] != "base"
-        print(f"{path} ({ckpt['kind']}: {'a chat model' if chat else f'{few_shot}-shot plain prompt'}) on {device_name}")
+        print(f"{path} ({ckpt['kind']}: {'chat' if chat else f'{few_shot}-shot plain prompts'}) on {device_name}")
         model = model_from_checkpoint(ckpt).to(device_name).eval()
         results.append(dict(path=path, kind=ckpt["kind"],
                             **{task: TASKS[task](model, tok, chat, material[task][i]) for task in chosen}))
@@ -525,10 +489,10 @@ def main():
     os.makedirs(folder, exist_ok=True)
     has_chart = chart(report, os.path.join(folder, "report.png"))
     write_atomic(os.path.join(folder, "report.json"), json.dumps(report, indent=1, ensure_ascii=False))
-    write_atomic(os.path.join(folder, "report.md"), f"# Evaluation\n\n`{report['command']}`\n\nData: "
-                 + "; ".join(f"{task}: {source}" for task, source in sources.items())
-                 + f". Up to {metric_items} items per direction or set from item {metric_skip} on; a base model gets "
-                 f"a {few_shot}-shot prompt.\n{markdown}\n" + ("\n![chart](report.png)\n" if has_chart else ""))
+    data = "; ".join(f"{task}: {source}" for task, source in sources.items())
+    write_atomic(os.path.join(folder, "report.md"), f"# Evaluation\n\n`{report['command']}`\n\nData: {data}. Up to "
+                 f"{metric_items} items per direction or set from item {metric_skip} on; a base model gets "
+                 f"{few_shot} examples.\n{markdown}\n" + ("\n![chart](report.png)\n" if has_chart else ""))
     print(f"{markdown}\n\nwrote {folder}/report.json, report.md{' and report.png' if has_chart else ''}")
 
 
