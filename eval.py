@@ -54,7 +54,7 @@ DIRECTIONS = {"dar2en": ("latin", "english", "Darija", "English"), "en2dar": ("e
 MC_SHAPES = {"DarijaHellaSwag": ("ctx", "endings", "label"), "DarijaMMLU": ("question", "choices", "answer"),
              "Belebele": ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
                           "correct_answer_num")}  # the columns of the published files, told apart by the second
-REFERENCES = dict(source="Atlas-Chat (Shang et al. 2024, arXiv:2409.17912), zero-shot", rows=[
+REFERENCES = dict(source="the Atlas-Chat paper (arXiv:2409.17912), zero-shot", rows=[
     dict(model="Atlas-Chat-2B", DarijaMMLU=44.97, DarijaHellaSwag=35.08, DODa_chrF=44.86),
     dict(model="Llama-3.2-1B-Instruct", DarijaMMLU=27.66, DarijaHellaSwag=26.88, DODa_chrF=5.95),
     dict(model="chance (4 options)", DarijaMMLU=25.0, DarijaHellaSwag=25.0, DODa_chrF=None)])
