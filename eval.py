@@ -82,7 +82,7 @@ def claim_report(folder):
         fail(f"{folder}/ already holds a report: add --force to replace it (or pick another --out)")
 
 
-# --- 3. the held-out material ---------------------------------------------------------------------
+# --- 3. the held-out material (2., the checkpoints: model.py's load_with_tokenizer) ---------------
 def fetch(spec):
     """The local path of a file, or of hub:OWNER/NAME/PATH: downloaded into the Hugging Face cache, as prepare.py's."""
     if not spec.startswith("hub:"):
