@@ -418,7 +418,7 @@ def chart(report, path):
         for i, column in enumerate(columns):
             axis.bar([j + i * width for j in range(len(subs))], [column[task].get(s, {}).get(key, 0) for s in subs],
                      width, label=f"{column['path']} ({column['kind']})")
-        axis.set_xticks(range(len(subs)), subs, rotation=20, ha="right", fontsize=7)
+        axis.set_xticks([j + width * (len(columns) - 1) / 2 for j in range(len(subs))], subs, rotation=20, fontsize=7)
         axis.set_title(f"{task}: {key}", fontsize=9)
         axis.legend(fontsize=7)
     figure.tight_layout()
