@@ -482,7 +482,8 @@ def main():
     if merge or metric_items:
         write_merged(adapter_path, base_path, merged_path)
     if metric_items:
-        cmd = [sys.executable, os.path.join(ROOT, "eval.py"), merged_path, f"--sft_dataset={sft_dataset}",
+        cmd = [sys.executable, os.path.join(ROOT, "eval.py"), merged_path, "--tasks=translation",
+               f"--sft_dataset={sft_dataset}",
                f"--metric_items={metric_items}", f"--max_new_tokens={max_new_tokens}", f"--device={device_name}",
                f"--out={os.path.join(out_dir, 'eval')}", "--force"]
         if subprocess.run(cmd).returncode:

@@ -339,7 +339,7 @@ def collect(planned, work):
              "need 2 (one for val): check the sources, text_field and min_doc_chars")
     for src_index, s in enumerate(stats):
         s["docs_kept"] = int((keep & (doc_source == src_index)).sum())
-    return lengths, hashes, keep, stats, report
+    return lengths, hashes, keep, stats, report, doc_source
 
 
 # --- 4. Split by document, 5. the tokenizer, 6. encoding ----------------------------------------
@@ -452,11 +452,13 @@ def main():
                   "(a small demo, not a real training set)", flush=True)
             path = os.path.join(os.path.dirname(os.path.abspath(__file__)), fallback)  # beside this file
             planned, fallback_used = plan([dict(path=path, txt_docs="block", name=fallback)]), True
-        lengths, hashes, keep, stats, report = collect(planned, work)
+        lengths, hashes, keep, stats, report, doc_source = collect(planned, work)
         seconds = {"read": time.time() - started}  # listing, downloading, reading, cleaning and dedup
         val = in_random_fraction(hashes, 0, val_fraction)
         if not (keep & val).any() or not (keep & ~val).any():  # a tiny corpus: one val document
             val = np.arange(len(keep)) == np.flatnonzero(keep)[-1]
+        for src_index, s in enumerate(stats):  # val.bin holds them in source order: eval.py's bpb per source
+            s["val_docs"] = int((keep & val & (doc_source == src_index)).sum())
         started = time.time()
         tok = get_tokenizer(work, lengths, hashes, keep & ~val)
         seconds["tokenizer"], started = time.time() - started, time.time()

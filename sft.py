@@ -494,7 +494,7 @@ signal.signal(signal.SIGTERM, on_sigterm)
 if metric_items:
     report_dir = os.path.join(out_dir, "eval")
     cmd = [sys.executable, os.path.join(ROOT, "eval.py"), init_from, os.path.join(out_dir, "best.pt"),
-           f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}", f"--metric_skip={metric_skip}",
+           "--tasks=translation", f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}", f"--metric_skip={metric_skip}",
            f"--few_shot={few_shot}", f"--max_new_tokens={max_new_tokens}", f"--device={device}",
            f"--out={report_dir}", "--force"]
     print(f"task metric: python eval.py {' '.join(cmd[2:])}", flush=True)

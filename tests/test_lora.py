@@ -304,7 +304,7 @@ def test_lora_py_trains_saves_the_adapter_and_a_merged_checkpoint(work, monkeypa
     losses = [float(l.split("val loss ")[1].split()[0]) for l in log.splitlines() if l.startswith("step") and "val loss" in l]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2], log  # a random base: small steps
     metrics = json.loads((work / "out/lora/metrics.json").read_text("utf-8"))
-    assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en"}
+    assert metrics["steps"] == 30 and set(metrics["lora"]) == {"lat2ar", "dar2en", "en2dar", "ar2lat"}
     report = json.loads((work / "out/lora/eval/report.json").read_text("utf-8"))  # eval.py's, on the merged model
     assert [(c["path"], c["kind"]) for c in report["checkpoints"]] == [("out/lora/best.pt", "lora_merged")]
     assert metrics["lora"] == report["checkpoints"][0]["translation"] and metrics["lora"]["lat2ar"]["items"] == 3

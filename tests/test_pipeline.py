@@ -96,7 +96,8 @@ def test_sample_corpus_to_chat(tmp_path):
     stage(tmp_path, times, "eval.py", "out/darija_tiny", "out/darija_tiny_sft", "out/darija_tiny_lora",
           "--metric_items=2", "--max_new_tokens=8")
     report = json.loads((tmp_path / "reports/darija_tiny_lora/report.json").read_text(encoding="utf-8"))
-    assert report["sft_dataset"] == "darija_tiny"
+    assert report["data"]["translation"] == "data/sft/darija_tiny" and report["tasks"] == ["bpb", "translation"]
+    assert all(0 < c["bpb"]["all"]["bpb"] < 8 for c in report["checkpoints"])  # on data/darija_tiny/val.bin
     assert [c["kind"] for c in report["checkpoints"]] == ["base", "sft", "lora_merged"]
     assert all(c["translation"]["dar2en"]["items"] == 2 for c in report["checkpoints"])
 

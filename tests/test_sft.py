@@ -150,7 +150,7 @@ def test_a_few_steps_lower_the_val_loss_and_write_an_sft_checkpoint(work, monkey
     report = json.loads((work / "out/train/eval/report.json").read_text("utf-8"))  # eval.py's, base vs best.pt
     assert [(c["path"], c["kind"]) for c in report["checkpoints"]] == [("out/base", "base"), ("out/train/best.pt", "sft")]
     assert (metrics["base"], metrics["sft"]) == tuple(c["translation"] for c in report["checkpoints"])
-    assert set(metrics["sft"]) == {"lat2ar", "dar2en"} and metrics["sft"]["lat2ar"]["items"] == 3
+    assert set(metrics["sft"]) == {"lat2ar", "dar2en", "en2dar", "ar2lat"} and metrics["sft"]["lat2ar"]["items"] == 3
     with pytest.raises(SystemExit, match="already holds a checkpoint: add --force"):
         run_sft(work, monkeypatch, "--out_dir=out/train", "--max_iters=1")
 
