@@ -11,9 +11,10 @@ Mistakes end the script with one clear line. also_from=("prepare.py",) accepts t
 settings too, leaving them to it; settings are read from a script's source, never imported.
 
 The folders a run writes are settings too: plain_name() checks that a dataset or run name is one
-folder name, and claim() locks a folder for one process at a time (docs/reliability.md). So are the
-Hugging Face datasets a `sources` setting names: hub_files() lists one's files for a config and split,
-and hub_read() reads one, downloaded through huggingface_hub's cache (checked, reused offline).
+folder name, claim() locks a folder for one process at a time (docs/reliability.md), and claim_output()
+also refuses one holding files the script did not write. So are the Hugging Face datasets a `sources`
+setting names: hub_files() lists one's files for a config and split, and hub_read() reads one,
+downloaded through huggingface_hub's cache (checked, reused offline).
 """
 import ast
 import atexit
@@ -132,6 +133,18 @@ def claim(folder):
             os.remove(path)
     atexit.register(release, path, me)
     return path
+
+
+def claim_output(folder, ours, who, instead):
+    """claim() `folder`, then stop in one line if it holds files `who` (the script) did not write: those are never
+    replaced or mixed with, --force or not. A killed run's temporary files (NAME.tmpPID) are removed."""
+    claim(folder)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in [name for name in names if ".tmp" in name]:  # half-written: never read
+        os.remove(os.path.join(folder, name))
+    others = sorted(name for name in names if name not in ours and ".tmp" not in name)
+    if others:
+        raise SystemExit(f"{who}: {folder}/ holds files {who} did not write: {', '.join(others)}; {instead}")
 
 
 def process_alive(pid):

@@ -26,7 +26,7 @@ import regex
 import torch
 import torch.nn.functional as F
 
-from configurator import claim, configure, plain_name
+from configurator import claim_output, configure, plain_name
 from model import load_with_tokenizer, model_from_checkpoint, sha256_of
 
 # --- settings (override with a config file and --key=value) ---
@@ -71,14 +71,8 @@ def folder_name(path):  # out/NAME and out/NAME/best.pt are both NAME (sft.py na
 
 def claim_report(folder):
     """Lock the report folder (a second run names this one's process) and stop unless it is ours to write."""
-    claim(folder)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    for name in [name for name in names if ".tmp" in name]:  # a killed run's temporary files: never read
-        os.remove(os.path.join(folder, name))
-    others = sorted(name for name in names if name not in REPORT_FILES and ".tmp" not in name)
-    if others:  # --force or not: eval.py never deletes or mixes with files it did not write
-        fail(f"{folder}/ holds files eval.py did not write: {', '.join(others)}; pick another --out")
-    if set(names) & set(REPORT_FILES) and not force:
+    claim_output(folder, REPORT_FILES, "eval.py", "pick another --out")
+    if os.path.isdir(folder) and set(os.listdir(folder)) & set(REPORT_FILES) and not force:
         fail(f"{folder}/ already holds a report: add --force to replace it (or pick another --out)")
 
 

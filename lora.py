@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import claim, configure, plain_name
+from configurator import claim_output, configure, plain_name
 from model import (atomic_save, learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint,
                    plain, save_checkpoint, sha256_of, training_precision, unwrap)
 
@@ -378,12 +378,8 @@ def main():
           f"val: {len(val_x)} rows, {int((val_y >= 0).sum()):,} assistant tokens")
 
     # 3. the frozen model and its adapters
-    claim(out_dir)  # one run per out_dir: a second one names this one's process
-    ours = ("adapter.pt", "adapter.merged.pt", "best.pt", "metrics.json", "eval", "eval.lock", "scores.json")
-    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-    others = sorted(name for name in names if name not in ours and ".tmp" not in name)  # ours, and our temporaries
-    if others:  # another stage's run or the user's files: never overwritten or mixed with, --force or not
-        fail(f"{out_dir}/ holds files lora.py did not write: {', '.join(others)}; pick another --out_dir")
+    claim_output(out_dir, ("adapter.pt", "adapter.merged.pt", "best.pt", "metrics.json", "eval", "eval.lock",
+                           "scores.json"), "lora.py", "pick another --out_dir")  # one run per out_dir
     adapter_path = os.path.join(out_dir, "adapter.pt")
     for path in [adapter_path] + ([os.path.join(out_dir, "best.pt")] if merge else []):
         if os.path.exists(path) and not force:
@@ -483,9 +479,8 @@ def main():
         write_merged(adapter_path, base_path, merged_path)
     if metric_items:
         cmd = [sys.executable, os.path.join(ROOT, "eval.py"), merged_path, "--tasks=translation",
-               f"--sft_dataset={sft_dataset}",
-               f"--metric_items={metric_items}", f"--max_new_tokens={max_new_tokens}", f"--device={device_name}",
-               f"--out={os.path.join(out_dir, 'eval')}", "--force"]
+               f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}", f"--max_new_tokens={max_new_tokens}",
+               f"--device={device_name}", f"--out={os.path.join(out_dir, 'eval')}", "--force"]
         if subprocess.run(cmd).returncode:
             fail("eval.py could not score the merged model (see above)")
         with open(os.path.join(out_dir, "eval", "report.json"), encoding="utf-8") as f:

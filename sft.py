@@ -92,7 +92,7 @@ metric_skip = 0                     # held-out items passed over first (scores i
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-from configurator import claim, configure, hub_files, hub_read, plain_name  # noqa: E402
+from configurator import claim_output, configure, hub_files, hub_read, plain_name  # noqa: E402
 config = configure(globals())
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -267,7 +267,8 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
         examples = pair_examples(item, rng) if "messages" not in item else [dict(item, task="chat")]
         split = "val" if group in val_groups else "train"
         for ex in examples:
-            key = json.dumps([ex["task"]] + [normalized(msg["content"]) for msg in ex["messages"] if msg["role"] != "system"])
+            contents = [normalized(msg["content"]) for msg in ex["messages"] if msg["role"] != "system"]
+            key = json.dumps([ex["task"]] + contents)
             if key not in seen_examples:
                 seen_examples.add(key)
                 splits[split].append(ex)
@@ -286,7 +287,7 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
         write_atomic(os.path.join(partial, f"{name}.jsonl"),
                      "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
     write_atomic(os.path.join(partial, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False))
-    shutil.rmtree(data_dir, ignore_errors=True)  # --force on a folder sft.py built (checked by claim_to_write)
+    shutil.rmtree(data_dir, ignore_errors=True)  # --force on a folder sft.py built (checked by claim_output)
     os.replace(partial, data_dir)
     return stats
 
@@ -295,18 +296,6 @@ def write_atomic(path, text):  # through a temporary file: a crash never leaves 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     Path(f"{path}.tmp{os.getpid()}").write_text(text, encoding="utf-8")
     os.replace(f"{path}.tmp{os.getpid()}", path)
-
-
-def claim_to_write(folder, ours, instead):
-    """Lock `folder` (a second run names this one's process); stop if it holds files sft.py did not write."""
-    claim(folder)
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    for name in names:  # a killed run's temporary files (NAME.tmpPID): half-written, never read
-        if ".tmp" in name:
-            os.remove(os.path.join(folder, name))
-    others = sorted(name for name in names if name not in ours and ".tmp" not in name)
-    if others:
-        fail(f"{folder}/ holds files sft.py did not write: {', '.join(others)}; {instead}")  # --force or not
 
 
 prompts_path = prompts if os.path.isfile(prompts) else os.path.join(ROOT, prompts)  # shipped with the code
@@ -330,8 +319,8 @@ except (OSError, ValueError, TypeError):
 if build_only and built and not force:
     fail(f"{data_dir}/ already exists; add --force to rebuild it")
 if build_only or not built:
-    claim_to_write(data_dir, ("train.jsonl", "val.jsonl", "stats.json") if built else (),
-                   "it builds only into a new folder or one it built: move them out or pick another --sft_dataset")
+    claim_output(data_dir, ("train.jsonl", "val.jsonl", "stats.json") if built else (), "sft.py",
+                 "it builds only into a new folder or one it built: move them out or pick another --sft_dataset")
     print(f"building the SFT dataset in {data_dir}/ with tokenizer {tok_path}")
     try:
         stats = build_dataset(data_dir, tok, tok_path, tok_sha)
@@ -383,8 +372,8 @@ if dtype not in ("auto", "bfloat16", "float16", "float32"):
     fail(f"dtype must be auto, bfloat16, float16 or float32; got {dtype!r}")
 dtype, autocast, scaler = training_precision(device, dtype)  # the GradScaler does nothing unless float16
 # out_dir/eval/ is eval.py's report (eval.lock, while it runs); scores.json, an older sft.py's metric
-claim_to_write(out_dir, ("best.pt", "last.pt", "metrics.json", "eval", "eval.lock", "scores.json"),
-               "pick another --out_dir")
+claim_output(out_dir, ("best.pt", "last.pt", "metrics.json", "eval", "eval.lock", "scores.json"), "sft.py",
+             "pick another --out_dir")
 if os.path.exists(os.path.join(out_dir, "best.pt")) and not (force or resume):
     fail(f"{out_dir}/ already holds a checkpoint: add --force to overwrite it or --resume to continue it")
 last_path = os.path.join(out_dir, "last.pt")
@@ -494,9 +483,9 @@ signal.signal(signal.SIGTERM, on_sigterm)
 if metric_items:
     report_dir = os.path.join(out_dir, "eval")
     cmd = [sys.executable, os.path.join(ROOT, "eval.py"), init_from, os.path.join(out_dir, "best.pt"),
-           "--tasks=translation", f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}", f"--metric_skip={metric_skip}",
-           f"--few_shot={few_shot}", f"--max_new_tokens={max_new_tokens}", f"--device={device}",
-           f"--out={report_dir}", "--force"]
+           "--tasks=translation", f"--sft_dataset={sft_dataset}", f"--metric_items={metric_items}",
+           f"--metric_skip={metric_skip}", f"--few_shot={few_shot}", f"--max_new_tokens={max_new_tokens}",
+           f"--device={device}", f"--out={report_dir}", "--force"]
     print(f"task metric: python eval.py {' '.join(cmd[2:])}", flush=True)
     if subprocess.run(cmd).returncode:
         fail("eval.py could not score the models (see above)")

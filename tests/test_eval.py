@@ -483,26 +483,21 @@ def test_multiple_choice_right_answers_score_1_and_shuffled_labels_chance(work, 
     assert scores["Belebele belebele"]["items"] == 40  # read; its context (passage + question) is not the trained one
 
 
-def test_hub_sets_are_fetched_and_reused_offline(work, mc_model, tmp_path):
+def test_hub_sets_are_fetched_and_reused_offline(work, mc_model, tmp_path, hub):
     """A hub:OWNER/NAME/PATH set comes through huggingface_hub (from a local stand-in for the hub, HF_ENDPOINT),
     is reused from the cache offline, and offline without it the one line says which file to fetch and how."""
-    from test_prepare import OFFLINE, Hub, isolated
-    hub = Hub()
-    try:
-        hub.datasets["me/hellaswag"] = {"data/test.jsonl": (work / "hs_right.jsonl").read_bytes()}
-        args = [sys.executable, str(ROOT / "eval.py"), mc_model, "--tasks=mc", "--metric_items=8",
-                "--mc=['hub:me/hellaswag/data/test.jsonl']"]
-        for endpoint, out in ((hub.url, "hub1"), (OFFLINE, "hub2")):  # online, then offline from the cache
-            r = subprocess.run([*args, f"--out={tmp_path / out}"], cwd=work, capture_output=True, text=True,
-                               env=isolated(tmp_path, {"HF_ENDPOINT": endpoint, "OMP_NUM_THREADS": "1"}), timeout=120)
-            assert r.returncode == 0, r.stderr
-            scores = json.loads((tmp_path / out / "report.json").read_text("utf-8"))["checkpoints"][0]["mc"]
-            assert scores["DarijaHellaSwag test"]["acc"] == 1.0
-        r = subprocess.run([*args, f"--out={tmp_path / 'hub3'}"], cwd=work, capture_output=True, text=True,
-                           env=isolated(tmp_path / "fresh", {"HF_ENDPOINT": OFFLINE, "OMP_NUM_THREADS": "1"}), timeout=120)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert r.stderr.startswith("eval.py: cannot fetch data/test.jsonl of the hub dataset me/hellaswag (")
-        assert "`hf download me/hellaswag data/test.jsonl --repo-type=dataset --local-dir=DIR`" in r.stderr
-    finally:
-        hub.shutdown()
-        hub.server_close()
+    from test_prepare import OFFLINE, isolated
+    hub.datasets["me/hellaswag"] = {"data/test.jsonl": (work / "hs_right.jsonl").read_bytes()}
+    args = [sys.executable, str(ROOT / "eval.py"), mc_model, "--tasks=mc", "--metric_items=8",
+            "--mc=['hub:me/hellaswag/data/test.jsonl']"]
+    for endpoint, out in ((hub.url, "hub1"), (OFFLINE, "hub2")):  # online, then offline from the cache
+        r = subprocess.run([*args, f"--out={tmp_path / out}"], cwd=work, capture_output=True, text=True,
+                           env=isolated(tmp_path, {"HF_ENDPOINT": endpoint, "OMP_NUM_THREADS": "1"}), timeout=120)
+        assert r.returncode == 0, r.stderr
+        scores = json.loads((tmp_path / out / "report.json").read_text("utf-8"))["checkpoints"][0]["mc"]
+        assert scores["DarijaHellaSwag test"]["acc"] == 1.0
+    r = subprocess.run([*args, f"--out={tmp_path / 'hub3'}"], cwd=work, capture_output=True, text=True,
+                       env=isolated(tmp_path / "fresh", {"HF_ENDPOINT": OFFLINE, "OMP_NUM_THREADS": "1"}), timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("eval.py: cannot fetch data/test.jsonl of the hub dataset me/hellaswag (")
+    assert "`hf download me/hellaswag data/test.jsonl --repo-type=dataset --local-dir=DIR`" in r.stderr
