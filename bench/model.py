@@ -198,7 +198,8 @@ def train_for_quality(kind, optimizer, lr, muon_lr, train, val, val_bytes, args)
     """One quality run: val bits/byte along the way -> [(tokens, wall s, CPU s, bpb)], optimizer step seconds."""
     block, batch, steps = args.quality_block, 16, args.quality_steps
     model = build(kind, vocab_size=8192, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=args.quality_embd)
-    opt = model.configure_optimizers(0.1, lr, (0.9, 0.95), "cpu", **({"muon_lr": muon_lr} if optimizer == "muon" else {}))
+    muon = {"muon_lr": muon_lr} if optimizer == "muon" else {}  # (the baseline knows AdamW only)
+    opt = model.configure_optimizers(0.1, lr, (0.9, 0.95), "cpu", **muon)
     rng = np.random.default_rng(0)  # the very same batches for every run
     curve, wall, cpu, opt_time = [], 0.0, 0.0, 0.0
     for it in range(steps):
@@ -241,12 +242,12 @@ def bench_quality(args):
     and the tokens and time each needs to reach the baseline's final bits/byte."""
     train, val, val_bytes = load_data(8192, args.quality_bytes)
     block, steps = args.quality_block, args.quality_steps
-    # a fixed slice of val, measured every eval_every steps, at the whole val split's bytes per token
-    val_bytes, val = val_bytes * min(1.0, (args.val_windows * block + 1) / len(val)), val[:args.val_windows * block + 1]
+    if args.val_windows:  # a fixed slice of val, measured every eval_every steps, at the split's bytes per token
+        kept = min(len(val), args.val_windows * block + 1)
+        val_bytes, val = val_bytes * kept / len(val), val[:kept]
     print(f"\n## 2. val bits/byte after {steps * 16 * block:,} training tokens, 4 x {args.quality_embd}, context "
-          f"{block}, batch 16 ({len(train):,} train tokens; the first {args.val_windows} x {block} val tokens, "
+          f"{block}, batch 16 ({len(train):,} train tokens; {len(val) - 1:,} val tokens, "
           f"measured every {args.eval_every} steps; warmup 20, cosine to 0.1 x lr)")
-    runs = [("baseline", "adamw", args.lr, 0.0)]
     results = {}
 
     def run(kind, optimizer, lr, muon_lr):
@@ -255,26 +256,26 @@ def bench_quality(args):
         print(f"  {kind}, {optimizer}, lr {lr:g}" + (f", muon_lr {muon_lr:g}" if muon_lr else "")
               + f": {curve[-1][3]:.3f} bits/byte, {curve[-1][1]:.0f} s", flush=True)
 
-    run(*runs[0])
+    run("baseline", "adamw", args.lr, 0.0)
     for kind in [kind for kind in args.quality_models.split(",") if kind != "baseline"]:
         for lr in map(float, args.adamw_lrs.split(",")):
             run(kind, "adamw", lr, 0.0)
         best_adamw = min((k for k in results if k[:2] == (kind, "adamw")), key=lambda k: results[k][0][-1][3])
-        for muon_lr in map(float, args.muon_lrs.split(",")):
+        for muon_lr in [float(lr) for lr in args.muon_lrs.split(",") if lr]:
             run(kind, "muon", best_adamw[2], muon_lr)
-    base_curve = results[runs[0]][0]
+    base_curve = results[("baseline", "adamw", args.lr, 0.0)][0]
     target, base_tokens, base_wall, base_cpu = base_curve[-1][3], *base_curve[-1][:3]
     print(f"\nthe baseline's final {target:.3f} bits/byte; to reach it (ratio to the baseline's tokens / time):")
     print("| model | optimizer | lr | val bits/byte at equal tokens | tokens to reach the baseline | "
           "wall time to reach | CPU time to reach | whole run, wall | optimizer step |\n" + "|---" * 9 + "|")
-    best = {opt: min((k for k in results if k[1] == opt and k[0] != "baseline"), key=lambda k: results[k][0][-1][3])
-            for opt in ("adamw", "muon")}  # over our models; the best of each is in bold
+    ours = [key for key in results if key[0] != "baseline"]
+    best = {opt: min((k for k in ours if k[1] == opt), key=lambda k: results[k][0][-1][3])  # in bold
+            for opt in ("adamw", "muon") if any(k[1] == opt for k in ours)}
     for key, (curve, opt_step) in results.items():
         kind, optimizer, lr, muon_lr = key
         reach = [first_reaching(curve, target, column) for column in (0, 1, 2)]
-        shown = [f"{value:,.0f} ({value / whole:.0%})" if value is not None else "not reached"
-                 for value, whole in zip(reach, (base_tokens, base_wall, base_cpu))]
-        shown[1:] = [s.replace(",", "") + " s" if "not" not in s else s for s in shown[1:]]
+        shown = [f"{value:,.0f}{unit} ({value / whole:.0%})" if value is not None else "not reached"
+                 for value, whole, unit in zip(reach, (base_tokens, base_wall, base_cpu), ("", " s", " s"))]
         name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind}"
         rate = f"{lr:g}" + (f", Muon {muon_lr:g}" if muon_lr else "")
         bpb = f"{curve[-1][3]:.3f}"
@@ -406,7 +407,7 @@ if __name__ == "__main__":
     p.add_argument("--adamw_lrs", default="1e-3,2e-3,4e-3", help="quality: ours with AdamW at each")
     p.add_argument("--muon_lrs", default="0.01,0.02,0.04", help="quality: ours with Muon at each")
     p.add_argument("--eval_every", type=int, default=10, help="quality: steps between val measurements")
-    p.add_argument("--val_windows", type=int, default=32, help="quality: val windows measured")
+    p.add_argument("--val_windows", type=int, default=32, help="quality: val windows measured (0: all of val)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="1 is faster on a machine others share")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
