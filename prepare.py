@@ -58,7 +58,7 @@ bad_bytes = "error"             # invalid UTF-8: "error", "replace" (U+FFFD) or 
 max_bad_fraction = 0.01         # malformed JSON/CSV records tolerated per file before failing
 # split, tokenizer, encoding
 val_fraction = 0.02
-val_min_bytes = 50_000          # ~10k tokens: a small corpus's val split grows to this (never past a quarter of it)
+val_min_bytes = 50_000          # ~10k tokens: a small corpus's val split grows to this (a quarter of it at most)
 vocab_size = 8192               # 256 bytes + merges + special tokens
 pattern = "darija"              # the pre-tokenizer split pattern (see bpe.py)
 tokenizer = ""                  # an existing tokenizer.json to reuse ("" = train one here)
@@ -412,13 +412,14 @@ def random_keys(hashes, salt):  # a seeded random order of the documents
 
 def val_split(lengths, hashes, keep):
     """val_fraction of the kept documents at random (by hash); on a small corpus, the next ones in the same random
-    order too, until val holds val_min_bytes (a quarter of the text at most); one document at least each side."""
+    order too, until val holds val_min_bytes (a quarter of the documents and of the text at most); one at least."""
     kept, val = np.flatnonzero(keep), np.zeros_like(keep)
     order = kept[np.argsort(random_keys(hashes[kept], 0))]  # in_random_fraction picks a prefix of this order
-    enough = min(val_min_bytes, int(lengths[kept].sum()) // 4)
-    count = max(int(in_random_fraction(hashes[kept], 0, val_fraction).sum()),
-                int(np.searchsorted(np.cumsum(lengths[order]), enough)) + 1)
-    val[order[:min(count, len(kept) - 1)]] = True
+    text = np.cumsum(lengths[order])
+    grown = min(int(np.searchsorted(text, val_min_bytes)) + 1,  # the documents that reach val_min_bytes
+                int(np.searchsorted(text, text[-1] // 4, side="right")), len(kept) // 4)
+    count = max(1, int(in_random_fraction(hashes[kept], 0, val_fraction).sum()), grown)
+    val[order[:min(count, len(kept) - 1)]] = True  # and one training document at least
     return val
 
 

@@ -204,9 +204,9 @@ def train_for_quality(kind, optimizer, lr, muon_lr, train, val, val_bytes, args)
     curve, wall, cpu, opt_time = [], 0.0, 0.0, 0.0
     for it in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        schedule = min(1.0, (it + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / steps)))
+        rate = lr * min(1.0, (it + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / steps)))
         for g in opt.param_groups:
-            g["lr"] = lr * schedule * g.get("lr_scale", 1.0)
+            g["lr"] = rate * g.get("lr_scale", 1.0)  # Muon's group: muon_lr on the same schedule
         starts = rng.integers(0, len(train) - block - 1, size=batch)
         rows = torch.from_numpy(np.stack([train[s:s + block + 1] for s in starts]).astype(np.int64))
         loss = model(rows[:, :-1], rows[:, 1:])[1]
