@@ -1,7 +1,7 @@
 """
 bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side by side in one run.
 
-    python bench/model.py                        # sections 1-3, a few minutes on 2 CPU cores
+    python bench/model.py                        # sections 1-3, ~20 min on 2 quiet CPU cores (7 quality runs)
     python bench/model.py --sections speed --compile   # add the torch.compile rows (~1 min more)
     python bench/model.py --sections tricks      # section 4 (~3 min)
 
