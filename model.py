@@ -212,13 +212,18 @@ class GPT(nn.Module):
                 count += counted
         return total / count
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW over the trainable parameters; weight decay on matrices only; fused on CUDA."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon_lr=0.0):
+        """AdamW over the trainable parameters; weight decay on matrices only; fused on CUDA. With muon_lr, Muon
+        (below) for the blocks' matrices, at learning_rate x their group's lr_scale."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        hidden = {id(p) for p in self.blocks.parameters() if p.dim() == 2} if muon_lr else set()
+        groups = [{"params": [p for p in params if id(p) in hidden], "muon": True, "weight_decay": 0.0, "lr": muon_lr,
+                   "lr_scale": muon_lr / learning_rate if muon_lr else 1.0, "momentum": 0.95},
+                  {"params": [p for p in params if p.dim() >= 2 and id(p) not in hidden], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda" or None)
+        kind = Muon if muon_lr else torch.optim.AdamW  # Muon unfused: a fused AdamW unscales fp16 gradients itself
+        return kind(groups, lr=learning_rate, betas=betas, fused=(device_type == "cuda" and not muon_lr) or None)
 
     def flops_per_token(self):  # for training: 6 per parameter (forward + backward) + attention
         c = self.config
@@ -277,7 +282,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None):
     return int(torch.multinomial(logits.softmax(-1), 1))
 
 
-# --- training helpers: the precision, the learning-rate schedule, the chunked loss, MFU -----------
+# --- training helpers: the precision, Muon, the learning-rate schedule, the chunked loss, MFU -----
 def training_precision(device, dtype="auto"):
     """(dtype, autocast, GradScaler: a no-op unless float16) to train on device. "auto": bfloat16 on GPUs of compute
     capability >= 8.0; float16 below (T4, V100: bf16 is emulated, ~10x slower, no flash attention); CPU/MPS: float32."""
@@ -287,6 +292,38 @@ def training_precision(device, dtype="auto"):
     dtype = "float32" if dtype == "auto" else dtype
     autocast = torch.autocast(kind, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     return dtype, autocast, torch.amp.GradScaler(kind, enabled=dtype == "float16")
+
+
+# Muon (Keller Jordan, 2024; modded-nanogpt, nanochat): Nesterov momentum, then each of the blocks' matrices moves
+# by U V^T of the update's U S V^T: every direction alike, where a raw gradient is nearly low-rank.
+def orthogonalise(g, steps=5):
+    """~U V^T by a quintic Newton-Schulz iteration on each singular value (Frobenius-normed, all start <= 1),
+    its coefficients tuned to pull small ones up fast, not to converge: all end within ~0.7-1.2."""
+    x = g / (g.norm() + 1e-7)
+    x = x if x.size(0) <= x.size(1) else x.T  # x @ x.T: the smaller of the two products
+    for _ in range(steps):
+        gram = x @ x.T
+        x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+    return x if x.shape == g.shape else x.T
+
+
+class Muon(torch.optim.AdamW):
+    """AdamW, but the groups with muon=True take Muon's step. Under DDP each process holds the whole all-reduced
+    gradients and takes this same step on its own copy: correct with no communication."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in (g for g in self.param_groups if g.get("muon")):
+            for p in (p for p in group["params"] if p.grad is not None):
+                state = self.state[p]
+                if not state:  # a step count too: AdamW's load_state_dict expects one
+                    state.update(step=torch.tensor(0.0), momentum=torch.zeros_like(p))
+                state["step"] += 1
+                state["momentum"].lerp_(p.grad, 1 - group["momentum"])
+                update = orthogonalise(p.grad.lerp(state["momentum"], group["momentum"]))  # Nesterov
+                p.add_(update, alpha=-group["lr"] * max(1, p.size(0) / p.size(1)) ** 0.5)  # tall: same RMS
+                p.grad = None  # used: AdamW's step, below, passes over a parameter without a gradient
+        return super().step()
 
 
 def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="cosine", decay_frac=0.2):

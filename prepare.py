@@ -56,6 +56,7 @@ bad_bytes = "error"             # invalid UTF-8: "error", "replace" (U+FFFD) or 
 max_bad_fraction = 0.01         # malformed JSON/CSV records tolerated per file before failing
 # split, tokenizer, encoding
 val_fraction = 0.02
+val_min_bytes = 50_000          # ~10k tokens: a small corpus's val split grows to this (a quarter of it at most)
 vocab_size = 8192               # 256 bytes + merges + special tokens
 pattern = "darija"              # the pre-tokenizer split pattern (see bpe.py)
 tokenizer = ""                  # an existing tokenizer.json to reuse ("" = train one here)
@@ -345,12 +346,28 @@ def collect(planned, work):
 # --- 4. Split by document, 5. the tokenizer, 6. encoding ----------------------------------------
 def in_random_fraction(hashes, salt, fraction):
     """True for a seeded random `fraction` of the documents, by hash: splitmix64 of (hash ^ seed), 8 B/doc scratch."""
+    return random_keys(hashes, salt) < np.uint64(min(fraction, 1.0) * float(2**64 - 2**11))
+
+
+def random_keys(hashes, salt):  # a seeded random order of the documents
     mixed = hashes ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2**64)
     for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
         mixed ^= mixed >> np.uint64(shift)
         mixed *= np.uint64(mult)  # wraps around modulo 2**64, as intended
-    mixed ^= mixed >> np.uint64(31)
-    return mixed < np.uint64(min(fraction, 1.0) * float(2**64 - 2**11))
+    return mixed ^ (mixed >> np.uint64(31))
+
+
+def val_split(lengths, hashes, keep):
+    """val_fraction of the kept documents at random (by hash); on a small corpus, the next ones in the same random
+    order too, until val holds val_min_bytes (a quarter of the documents and of the text at most); one at least."""
+    kept, val = np.flatnonzero(keep), np.zeros_like(keep)
+    order = kept[np.argsort(random_keys(hashes[kept], 0))]  # in_random_fraction picks a prefix of this order
+    text = np.cumsum(lengths[order])
+    grown = min(int(np.searchsorted(text, val_min_bytes)) + 1,  # the documents that reach val_min_bytes
+                int(np.searchsorted(text, text[-1] // 4, side="right")), len(kept) // 4)
+    count = max(1, int(in_random_fraction(hashes[kept], 0, val_fraction).sum()), grown)
+    val[order[:min(count, len(kept) - 1)]] = True  # and one training document at least
+    return val
 
 
 def docs_from(work, lengths, wanted, batch_bytes=1 << 22):
@@ -454,9 +471,7 @@ def main():
             planned, fallback_used = plan([dict(path=path, txt_docs="block", name=fallback)]), True
         lengths, hashes, keep, stats, report, doc_source = collect(planned, work)
         seconds = {"read": time.time() - started}  # listing, downloading, reading, cleaning and dedup
-        val = in_random_fraction(hashes, 0, val_fraction)
-        if not (keep & val).any() or not (keep & ~val).any():  # a tiny corpus: one val document
-            val = np.arange(len(keep)) == np.flatnonzero(keep)[-1]
+        val = val_split(lengths, hashes, keep)
         for src_index, s in enumerate(stats):  # val.bin holds them in source order: eval.py's bpb per source
             s["val_docs"] = int((keep & val & (doc_source == src_index)).sum())
         started = time.time()

@@ -16,14 +16,15 @@ What happens, top to bottom, and why:
   to fit in memory). The windows of optimizer step `it` come from a generator seeded with
   (seed, it): a resumed run sees the very same batches, and N DDP processes split exactly the
   global batch one process would see (each takes its share of the micro-batches).
-- AdamW (decay on matrices only), linear warmup then cosine decay to min_lr (or "wsd": warmup,
-  stable, then a linear decay over the last decay_frac of training), gradient clipping,
-  gradient accumulation (grad_accum_steps is the global count, split across processes).
+- AdamW (decay on matrices only), or Muon for the blocks' matrices (model.py); linear warmup then
+  cosine decay to min_lr (or "wsd": warmup, stable, then a linear decay over the last decay_frac),
+  gradient clipping, gradient accumulation (grad_accum_steps is the global count, split across processes).
 - CUDA: bf16 autocast (fp16 + GradScaler below compute capability 8.0: T4, V100), TF32 matmuls,
   torch.compile. CPU: float32, compile off by default (a few % faster after ~30 s of compiling).
 - every eval_interval steps: train/val loss on fixed windows, validation bits per byte
   (val nats per token x tokens per byte of the val split / ln 2: comparable across tokenizers),
-  a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically.
+  a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically;
+  over 4 passes over the data, the run stops once val has not improved for `patience` evaluations.
   Several machines: out_dir must be one folder they share (rank 0 writes it, every process resumes from it).
 - Ctrl-C / SIGTERM: finish the current step, save last.pt, exit. A NaN/inf loss stops the run
   with a message and saves nothing, so the last good checkpoint stays intact. Resuming refuses
@@ -67,6 +68,8 @@ tie_embeddings = True
 dropout = 0.0
 rope_theta = 10000.0
 # optimisation
+optimizer = "adamw"             # or "muon": Muon for the blocks' matrices at muon_lr (model.py), AdamW for the rest
+muon_lr = 0.02
 batch_size = 16                 # sequences per micro-batch per process
 grad_accum_steps = 1            # micro-batches per optimizer step, all processes together
 max_iters = 1000
@@ -84,6 +87,7 @@ seed = 1337
 # evaluation and logging
 eval_interval = 100
 eval_iters = 20                 # micro-batches per split per evaluation
+patience = 3                    # > 4 passes over the data: stop after this many evaluations without a better val
 log_interval = 10
 sample_tokens = 48              # length of the sample printed at each evaluation (0: none)
 wandb_log = False
@@ -100,7 +104,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 plain_name("dataset", dataset)  # data/NAME and out/NAME must not reach elsewhere (--dataset=../../x)
 out_dir = out_dir or os.path.join("out", dataset)
 for name, allowed in (("init_from", ("scratch", "resume")), ("lr_schedule", ("cosine", "wsd")),
-                      ("dtype", ("auto", "bfloat16", "float16", "float32"))):
+                      ("optimizer", ("adamw", "muon")), ("dtype", ("auto", "bfloat16", "float16", "float32"))):
     if globals()[name] not in allowed:
         sys.exit(f"{name} must be one of {', '.join(allowed)}; got {globals()[name]!r}")
 
@@ -271,8 +275,9 @@ config = GPTConfig(vocab_size=meta["vocab_size"], block_size=block_size, n_layer
                    dropout=dropout, rope_theta=rope_theta)
 model = GPT(config).to(device)
 model.chunked_loss = device_type == "cpu" and dtype == "float32"  # model.py's speed trick for CPU training
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-start_iter, best_val_loss = 0, None
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                       muon_lr=muon_lr if optimizer == "muon" else 0.0)  # the setting, then the object
+start_iter, best_val_loss, best_step = 0, None, 0
 if init_from == "resume":
     try:
         ckpt = load_checkpoint(last_path, map_location=device)
@@ -290,11 +295,14 @@ if init_from == "resume":
     if ckpt["model_config"] != asdict(config):
         sys.exit(f"{last_path} was trained with model {ckpt['model_config']}, not {asdict(config)}: "
                  "use the same model settings to resume")
+    if ckpt["config"].get("optimizer", "adamw") != settings["optimizer"]:  # its state would not fit
+        sys.exit(f"{last_path} was trained with --optimizer={ckpt['config'].get('optimizer', 'adamw')}: resume with it")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):  # the fp16 loss scale and its growth count: a resumed fp16 run goes on exactly
         scaler.load_state_dict(ckpt["scaler"])
     start_iter, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
+    best_step = load_checkpoint(best_path)["step"] if os.path.exists(best_path) else 0  # for the early stop
     log(f"resuming {last_path} at step {start_iter}")
     del ckpt
 log(f"model: {model.num_params() / 1e6:.2f}M parameters, {config}")
@@ -414,15 +422,20 @@ if master:
 peak = peak_flops(device)  # 0 (no MFU printed) off CUDA or on an unknown GPU
 tokens_per_step = grad_accum_steps * batch_size * block_size
 log(f"{world} process(es) on {device} ({dtype}), {tokens_per_step:,} tokens per step, {max_iters} steps")
+passes = max_iters * tokens_per_step / promised["train"]
+early_stop = patience > 0 and passes > 4  # many passes over little data: val bottoms out long before the end
+log(f"{passes:.1f} passes over the {promised['train']:,} training tokens" + (
+    f": more than 4, so training stops once val has not improved for {patience} evaluations" if early_stop else ""))
+stalled = early_stop and (start_iter - best_step) // eval_interval >= patience  # a resumed run that had stopped
 
 # --- the training loop ---
 # The loss is read (which waits for the GPU) only on steps that log, evaluate or end, and on the first:
 # the speed is timed from there on, leaving out the first step's compiling and warming up.
 it, nan, synced, dt = start_iter, False, None, None  # synced: (time, step) of the last read
-while it < max_iters:
+while it < max_iters and not stalled:
     lr = learning_rate_at(it, learning_rate, min_lr, warmup_iters, decay_iters, lr_schedule, decay_frac)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group: muon_lr on the same schedule
     torch.manual_seed(seed + it)  # dropout masks depend only on the step: resuming is exact
     loss_sum = torch.zeros((), device=device)
     for micro, windows in enumerate(step_windows(it)):
@@ -472,11 +485,20 @@ while it < max_iters:
             f"val {result['val_bpb']:.3f} bits/byte\n  sample: {result.get('sample', '')!r}", flush=True)
         write_log({"iter": it, **result})  # before the checkpoint: a kill in between loses no record
         if best_val_loss is None or result["val_loss"] < best_val_loss:
-            best_val_loss = result["val_loss"]
+            best_val_loss, best_step = result["val_loss"], it
             save(best_path, it)
         save(last_path, it)
         plot_losses()
         synced = (time.time(), it)  # evaluation time is not training time
+    if early_stop and it % eval_interval == 0:  # counted from the best step alone: resuming changes nothing
+        if ddp:  # only the master evaluates: the others learn its best step
+            best = torch.tensor(best_step, device=device)
+            dist.broadcast(best, 0)
+            best_step = int(best)
+        stalled = (it - best_step) // eval_interval >= patience
+        if stalled:
+            log(f"stopped early at step {it}: val has not improved for {patience} evaluations; best.pt holds "
+                f"step {best_step} (val loss {best_val_loss:.4f})")
     if stop["requested"]:
         if master:
             save(last_path, it)

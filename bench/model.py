@@ -1,7 +1,7 @@
 """
 bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side by side in one run.
 
-    python bench/model.py                        # sections 1-3, a few minutes on 2 CPU cores
+    python bench/model.py                        # sections 1-3, ~20 min on 2 quiet CPU cores (7 quality runs)
     python bench/model.py --sections speed --compile   # add the torch.compile rows (~1 min more)
     python bench/model.py --sections tricks      # section 4 (~3 min)
 
@@ -10,8 +10,10 @@ bench/model.py: our GPT (model.py) against a nanoGPT-architecture baseline, side
    baseline; the figure that matters is the ratio in the same run. One more row gives ours nanoGPT's
    loss (all the logits + F.cross_entropy) instead of the chunked loss: the architecture's share alone.
 2. quality: validation bits per byte of ours and the baseline after the same number of training
-   tokens, same data, tokenizer, optimizer and schedule, on ../shared/data/darija/pretrain
-   (lower is better). The tokenized data is cached in bench/results/.
+   tokens, same data, tokenizer, batches and schedule, on ../shared/data/darija/pretrain (lower is
+   better): the baseline with AdamW, ours with AdamW and with Muon, each at 3 learning rates; and the
+   tokens and time each needs to reach the baseline's final figure. The tokenized data is cached in
+   bench/results/.
 3. generate: tokens/s generating 64 tokens after 512 tokens of context, with the KV cache vs
    recomputing the whole context for every token (nanoGPT's generate).
 4. tricks: the step time of model.py as it trains on a CPU, without its one speed trick (the chunked
@@ -192,31 +194,94 @@ def val_bits_per_byte(model, val, block, val_bytes):
     return loss * len(val) / val_bytes / math.log(2)
 
 
+def train_for_quality(kind, optimizer, lr, muon_lr, train, val, val_bytes, args):
+    """One quality run: val bits/byte along the way -> [(tokens, wall s, CPU s, bpb)], optimizer step seconds."""
+    block, batch, steps = args.quality_block, 16, args.quality_steps
+    model = build(kind, vocab_size=8192, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=args.quality_embd)
+    muon = {"muon_lr": muon_lr} if optimizer == "muon" else {}  # (the baseline knows AdamW only)
+    opt = model.configure_optimizers(0.1, lr, (0.9, 0.95), "cpu", **muon)
+    rng = np.random.default_rng(0)  # the very same batches for every run
+    curve, wall, cpu, opt_time = [], 0.0, 0.0, 0.0
+    for it in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        rate = lr * min(1.0, (it + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / steps)))
+        for g in opt.param_groups:
+            g["lr"] = rate * g.get("lr_scale", 1.0)  # Muon's group: muon_lr on the same schedule
+        starts = rng.integers(0, len(train) - block - 1, size=batch)
+        rows = torch.from_numpy(np.stack([train[s:s + block + 1] for s in starts]).astype(np.int64))
+        loss = model(rows[:, :-1], rows[:, 1:])[1]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        t1 = time.perf_counter()
+        opt.step()
+        opt_time += time.perf_counter() - t1
+        opt.zero_grad(set_to_none=True)
+        wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0  # evaluation not counted
+        if (it + 1) % args.eval_every == 0 or it + 1 == steps:
+            curve.append(((it + 1) * batch * block, wall, cpu, val_bits_per_byte(model, val, block, val_bytes)))
+    return curve, opt_time / steps
+
+
+def first_reaching(curve, target, column):
+    """Tokens (column 0), wall (1) or CPU seconds (2) at which the curve first reaches bpb <= target, linearly
+    interpolated between evaluations; None if it never does."""
+    previous = (0, 0.0, 0.0, float("inf"))
+    for point in curve:
+        if point[3] <= target:
+            if previous[3] == float("inf"):
+                return point[column]
+            share = (previous[3] - target) / (previous[3] - point[3])
+            return previous[column] + share * (point[column] - previous[column])
+        previous = point
+    return None
+
+
 def bench_quality(args):
+    """The baseline (AdamW at --lr), then ours with AdamW at each of --adamw_lrs, then ours with Muon at each of
+    --muon_lrs (its AdamW part, for the embedding and head, at the best AdamW lr): bits/byte at equal tokens,
+    and the tokens and time each needs to reach the baseline's final bits/byte."""
     train, val, val_bytes = load_data(8192, args.quality_bytes)
-    block, batch, steps = 256, 16, args.quality_steps
-    print(f"\n## 2. val bits/byte after {steps * batch * block:,} training tokens "
-          f"({len(train):,} train / {len(val):,} val tokens; lr {args.lr}, warmup 20, cosine)")
-    print("| model | val bits/byte (lower is better) | train time |\n|---|---|---|")
-    for kind in args.quality_models.split(","):
-        model = build(kind, vocab_size=8192, block_size=block, n_layer=4, n_head=4, n_kv_head=4, n_embd=256)
-        opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.95), "cpu")
-        rng = np.random.default_rng(0)  # the very same batches for both models
-        t0 = time.perf_counter()
-        for it in range(steps):
-            lr = args.lr * min(1.0, (it + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / steps)))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            starts = rng.integers(0, len(train) - block - 1, size=batch)
-            rows = torch.from_numpy(np.stack([train[s:s + block + 1] for s in starts]).astype(np.int64))
-            loss = model(rows[:, :-1], rows[:, 1:])[1]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    block, steps = args.quality_block, args.quality_steps
+    if args.val_windows:  # a fixed slice of val, measured every eval_every steps, at the split's bytes per token
+        kept = min(len(val), args.val_windows * block + 1)
+        val_bytes, val = val_bytes * kept / len(val), val[:kept]
+    print(f"\n## 2. val bits/byte after {steps * 16 * block:,} training tokens, 4 x {args.quality_embd}, context "
+          f"{block}, batch 16 ({len(train):,} train tokens; {len(val) - 1:,} val tokens, "
+          f"measured every {args.eval_every} steps; warmup 20, cosine to 0.1 x lr)")
+    results = {}
+
+    def run(kind, optimizer, lr, muon_lr):
+        curve, opt_step = train_for_quality(kind, optimizer, lr, muon_lr, train, val, val_bytes, args)
+        results[(kind, optimizer, lr, muon_lr)] = curve, opt_step
+        print(f"  {kind}, {optimizer}, lr {lr:g}" + (f", muon_lr {muon_lr:g}" if muon_lr else "")
+              + f": {curve[-1][3]:.3f} bits/byte, {curve[-1][1]:.0f} s", flush=True)
+
+    run("baseline", "adamw", args.lr, 0.0)
+    for kind in [kind for kind in args.quality_models.split(",") if kind != "baseline"]:
+        for lr in map(float, args.adamw_lrs.split(",")):
+            run(kind, "adamw", lr, 0.0)
+        best_adamw = min((k for k in results if k[:2] == (kind, "adamw")), key=lambda k: results[k][0][-1][3])
+        for muon_lr in [float(lr) for lr in args.muon_lrs.split(",") if lr]:
+            run(kind, "muon", best_adamw[2], muon_lr)
+    base_curve = results[("baseline", "adamw", args.lr, 0.0)][0]
+    target, base_tokens, base_wall, base_cpu = base_curve[-1][3], *base_curve[-1][:3]
+    print(f"\nthe baseline's final {target:.3f} bits/byte; to reach it (ratio to the baseline's tokens / time):")
+    print("| model | optimizer | lr | val bits/byte at equal tokens | tokens to reach the baseline | "
+          "wall time to reach | CPU time to reach | whole run, wall | optimizer step |\n" + "|---" * 9 + "|")
+    ours = [key for key in results if key[0] != "baseline"]
+    best = {opt: min((k for k in ours if k[1] == opt), key=lambda k: results[k][0][-1][3])  # in bold
+            for opt in ("adamw", "muon") if any(k[1] == opt for k in ours)}
+    for key, (curve, opt_step) in results.items():
+        kind, optimizer, lr, muon_lr = key
+        reach = [first_reaching(curve, target, column) for column in (0, 1, 2)]
+        shown = [f"{value:,.0f}{unit} ({value / whole:.0%})" if value is not None else "not reached"
+                 for value, whole, unit in zip(reach, (base_tokens, base_wall, base_cpu), ("", " s", " s"))]
         name = "nanoGPT baseline" if kind == "baseline" else f"ours, {kind}"
-        print(f"| {name} | {val_bits_per_byte(model, val, block, val_bytes):.3f} | "
-              f"{time.perf_counter() - t0:.0f} s |", flush=True)
+        rate = f"{lr:g}" + (f", Muon {muon_lr:g}" if muon_lr else "")
+        bpb = f"{curve[-1][3]:.3f}"
+        print(f"| {name} | {optimizer}{' (best)' if best.get(optimizer) == key else ''} | {rate} | "
+              f"{f'**{bpb}**' if best.get(optimizer) == key else bpb} | {' | '.join(shown)} | "
+              f"{curve[-1][1]:.0f} s | {1000 * opt_step:.0f} ms |", flush=True)
 
 
 # --- 3. generation -------------------------------------------------------------------------------
@@ -336,9 +401,16 @@ if __name__ == "__main__":
     p.add_argument("--quality_bytes", type=int, default=4_000_000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--mlp", default="relu2", help="our MLP for the generate section")
-    p.add_argument("--quality_models", default="baseline,relu2", help="baseline, swiglu, relu2")
+    p.add_argument("--quality_models", default="relu2", help="quality: ours (swiglu, relu2), each with each optimizer")
+    p.add_argument("--quality_embd", type=int, default=256, help="quality: the models' width (4 layers)")
+    p.add_argument("--quality_block", type=int, default=256, help="quality: the context")
+    p.add_argument("--adamw_lrs", default="1e-3,2e-3,4e-3", help="quality: ours with AdamW at each")
+    p.add_argument("--muon_lrs", default="0.01,0.02,0.04", help="quality: ours with Muon at each")
+    p.add_argument("--eval_every", type=int, default=10, help="quality: steps between val measurements")
+    p.add_argument("--val_windows", type=int, default=32, help="quality: val windows measured (0: all of val)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="1 is faster on a machine others share")
     args = p.parse_args()
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for section in args.sections.split(","):
         {"speed": bench_speed, "quality": bench_quality, "generate": bench_generate, "tricks": bench_tricks}[section](args)

@@ -5,3 +5,4 @@
 # Offline, prepare.py says so and trains on the sample corpus in data/sample/pretrain instead.
 max_iters = 700
 eval_iters = 10
+eval_interval = 50  # offline, the early stop (pretrain.py's patience) then ends the run soon after its best val

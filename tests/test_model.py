@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT  # noqa: F401  (puts the project root on sys.path)
 from bpe import Tokenizer
 from model import (GPT, ContextFullError, GPTConfig, apply_rotary, chunked_cross_entropy, estimate_mfu,
-                   learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint, norm,
+                   learning_rate_at, load_checkpoint, orthogonalise, load_with_tokenizer, model_from_checkpoint, norm,
                    rotary_angles, sample, save_checkpoint, sha256_of)
 
 
@@ -187,6 +187,51 @@ def test_loss_falls_when_overfitting():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_orthogonalise_sends_singular_values_near_1():
+    """Newton-Schulz's U V^T: every singular value of a gradient-like matrix (any scale, wide or tall, one
+    direction dominating) lands in the iteration's band, ~0.68-1.13, and the directions are U V^T's."""
+    torch.manual_seed(0)
+    u, _, v = torch.linalg.svd(torch.randn(64, 256), full_matrices=False)
+    for g in (torch.randn(64, 256), 1e-3 * torch.randn(256, 64), u @ torch.diag(torch.linspace(1, 20, 64)) @ v):
+        x = orthogonalise(g)
+        s = torch.linalg.svdvals(x)
+        assert x.shape == g.shape and 0.6 < s.min() and s.max() < 1.2
+        u_g, _, v_g = torch.linalg.svd(g, full_matrices=False)
+        assert torch.linalg.norm(x - u_g @ v_g) / torch.linalg.norm(u_g @ v_g) < 0.3
+
+
+def test_muon_takes_the_blocks_matrices_loss_falls_and_its_state_resumes_exactly():
+    model = tiny(mlp="relu2").train()
+    opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_lr=0.05)
+    muon, adamw = opt.param_groups
+    assert muon["muon"] and muon["weight_decay"] == 0.0 and muon["lr_scale"] == pytest.approx(5.0)
+    assert {id(p) for p in muon["params"]} == {id(p) for p in model.blocks.parameters()}  # all matrices: no gains
+    assert [id(p) for p in adamw["params"]] == [id(model.wte.weight)]  # the embedding, tied to the head
+    batch = torch.randint(0, 97, (4, 17))
+
+    def steps(model, opt, n):
+        losses = []
+        for _ in range(n):
+            loss = model(batch[:, :-1], batch[:, 1:])[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses
+
+    full = steps(model, opt, 30)
+    assert full[-1] < 0.3 * full[0]
+    part = tiny(mlp="relu2").train()
+    part_opt = part.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_lr=0.05)
+    assert steps(part, part_opt, 10) == full[:10]
+    state = {"model": part.state_dict(), "opt": part_opt.state_dict()}
+    resumed = tiny(mlp="relu2").train()
+    resumed.load_state_dict(state["model"])
+    resumed_opt = resumed.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu", muon_lr=0.05)
+    resumed_opt.load_state_dict(state["opt"])
+    assert steps(resumed, resumed_opt, 20) == full[10:]
 
 
 def test_config_errors():

@@ -102,6 +102,28 @@ def test_split_hash_is_seeded_uniform_and_stable(P, monkeypatch):
     assert not np.array_equal(v, pick(h, 0, 0.1))
 
 
+def test_val_split_grows_to_val_min_bytes_on_a_small_corpus(P, monkeypatch):
+    """A large corpus: exactly the random val_fraction. A small one: that fraction and the next documents in the
+    same random order, until val_min_bytes (a quarter of the text at most); one document at least on each side."""
+    h = np.arange(1, 10_001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    lengths, keep = np.full(10_000, 100), np.ones(10_000, dtype=bool)
+    keep[::7] = False
+    fraction = keep & P.in_random_fraction(h, 0, 0.02)
+    monkeypatch.setattr(P, "val_fraction", 0.02)
+    monkeypatch.setattr(P, "val_min_bytes", 10_000)  # < the fraction's ~17 kB: the fraction alone
+    assert np.array_equal(P.val_split(lengths, h, keep), fraction)
+    monkeypatch.setattr(P, "val_min_bytes", 50_000)
+    val = P.val_split(lengths, h, keep)
+    assert val.sum() == 500 and not (val & ~keep).any() and (val >= fraction).all()  # a superset, of kept ones
+    monkeypatch.setattr(P, "val_min_bytes", 10**9)  # a quarter of the text at most
+    assert P.val_split(lengths, h, keep).sum() == keep.sum() // 4
+    lengths[np.flatnonzero(keep)[-1]] = 10**6  # one document is most of the text: a quarter of the documents
+    assert P.val_split(lengths, h, keep).sum() <= keep.sum() // 4
+    two = np.zeros(10_000, dtype=bool)
+    two[[3, 5]] = True
+    assert P.val_split(lengths, h, two).sum() == 1  # two documents: one each side
+
+
 # --- the whole stage on local files --------------------------------------------------------------
 
 DOCS = [f"salam {i}: wach nta mzyan a khoya {i * 7}? ana ghadi l dar daba" for i in range(120)] + \

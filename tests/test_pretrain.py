@@ -171,6 +171,37 @@ def test_speed_leaves_out_the_first_step(workdir, monkeypatch):
     assert speeds[0] is None and all(s > tokens_per_step / 20 for s in speeds[1:]), speeds
 
 
+def test_many_passes_stop_early_and_a_resumed_run_stops_at_the_same_step(workdir):
+    """Over 4 passes over the data it says so, and stops `patience` evaluations after the best val (here val never
+    improves: lr 0). Counted from best.pt's step, so a resumed run stops where an uninterrupted one does."""
+    common = [*TINY, "--eval_interval=5", "--patience=2", "--learning_rate=0", "--min_lr=0", "--lr_decay_iters=900"]
+    r = run(workdir, *common, "--max_iters=900", "--out_dir=out/full")
+    assert r.returncode == 0, r.stderr
+    assert "more than 4, so training stops once val has not improved for 2 evaluations" in r.stdout
+    assert "stopped early at step 15: val has not improved for 2 evaluations; best.pt holds step 5" in r.stdout
+    full = losses(workdir / "out/full/log.jsonl")
+    assert [i for i, _ in full] == list(range(1, 16))
+
+    r = run(workdir, *common, "--max_iters=10", "--out_dir=out/part")  # few passes: no early stop
+    assert r.returncode == 0 and " passes over the " in r.stdout and "more than 4" not in r.stdout
+    r = run(workdir, *common, "--max_iters=900", "--out_dir=out/part", "--init_from=resume")
+    assert "stopped early at step 15" in r.stdout and losses(workdir / "out/part/log.jsonl") == full
+    r = run(workdir, *common, "--max_iters=900", "--out_dir=out/full", "--init_from=resume")  # stopped: stays so
+    assert r.returncode == 0 and "step 16" not in r.stdout and losses(workdir / "out/full/log.jsonl") == full
+
+
+def test_muon_loss_falls_and_resume_equals_uninterrupted(workdir):
+    common = [*TINY, "--optimizer=muon", "--muon_lr=0.02", "--eval_interval=6", "--lr_decay_iters=12"]
+    assert run(workdir, *common, "--max_iters=12", "--out_dir=out/full").returncode == 0
+    full = losses(workdir / "out/full/log.jsonl")
+    assert np.mean([v for _, v in full[-3:]]) < 0.9 * np.mean([v for _, v in full[:3]])
+    assert run(workdir, *common, "--max_iters=6", "--out_dir=out/part").returncode == 0
+    r = run(workdir, *common, "--max_iters=12", "--out_dir=out/part", "--init_from=resume")
+    assert r.returncode == 0 and losses(workdir / "out/part/log.jsonl") == full
+    r = run(workdir, *TINY, "--max_iters=12", "--out_dir=out/part", "--init_from=resume")
+    one_line_error(r, "out/part/last.pt was trained with --optimizer=muon: resume with it")
+
+
 @pytest.mark.slow
 def test_nan_stops_and_existing_run_is_kept(workdir):
     assert run(workdir, *TINY, "--max_iters=4", "--eval_interval=4").returncode == 0
