@@ -43,7 +43,7 @@ from model import load_checkpoint, sha256_of
 
 pytestmark = pytest.mark.slow
 
-SEED = 14  # the number; another seed tries other moments
+SEED = 14  # any seed; another one tries other moments
 PREPARE = ["prepare.py", "config/darija_tiny.py"]
 PRETRAIN = ["pretrain.py", "config/darija_tiny.py", "--max_iters=30", "--eval_interval=5", "--sample_tokens=4"]
 SFT = ["sft.py", "config/sft_tiny.py", "--batch_size=4", "--max_iters=30", "--warmup_iters=2", "--eval_interval=5",
