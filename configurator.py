@@ -9,12 +9,14 @@ Arguments apply in order: a .py file is plain Python, each name it assigns must 
 None setting to True. A value after a space is never taken: `--compile x.py` is a flag, then a file.
 Mistakes end the script with one clear line. also_from=("prepare.py",) accepts that sibling's
 settings too, leaving them to it; settings are read from a script's source, never imported.
+plain() turns settings into values a checkpoint can hold (numbers, strings, lists, dicts).
 
 The folders a run writes are settings too: plain_name() checks that a dataset or run name is one
 folder name, claim() locks a folder for one process at a time (docs/reliability.md), and claim_output()
-also refuses one holding files the script did not write. So are the Hugging Face datasets a `sources`
-setting names: hub_files() lists one's files for a config and split, and hub_read() reads one,
-downloaded through huggingface_hub's cache (checked, reused offline).
+also refuses one holding files the script did not write; atomic_write() writes a file there whole or
+not at all. So are the Hugging Face datasets a `sources` setting names: hub_files() lists one's files
+for a config and split, and hub_read() reads one, downloaded through huggingface_hub's cache (checked,
+reused offline).
 """
 import ast
 import atexit
@@ -102,6 +104,15 @@ def fail(message):
     raise SystemExit(f"config error: {message}")  # the user's mistake, not the code's: no traceback
 
 
+def plain(value):
+    """Settings as what torch.load(weights_only=True) accepts: numbers, strings, lists, dicts; else a string."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
 # --- the folders a run writes ---------------------------------------------------------------------
 
 def plain_name(key, value):
@@ -145,6 +156,19 @@ def claim_output(folder, ours, who, instead):
     others = sorted(name for name in names if name not in ours and ".tmp" not in name)
     if others:
         raise SystemExit(f"{who}: {folder}/ holds files {who} did not write: {', '.join(others)}; {instead}")
+
+
+def atomic_write(path, write):
+    """write(tmp) writes a temporary file beside path (NAME.tmpPID, which claim_output() clears after a kill), then
+    it is renamed to path: a crash never leaves a half-written file at path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def process_alive(pid):

@@ -1,14 +1,13 @@
 """
-model.py: the GPT. A small modern decoder-only Transformer, its generation with a KV cache, and the
-checkpoint files every later stage reads (with the tokenizer each names).
+model.py: the GPT. A small modern decoder-only Transformer, its generation with a KV cache, and the checkpoint files
+every later stage reads (with the tokenizer each names).
 
-The choices, and why: RoPE, not learned positions (relative, and cached keys stay valid as the context
-grows); RMSNorm before each sub-layer, no gain (nanochat's); MLP "relu2" (relu(x W)^2, 4 n_embd wide:
-Primer, modded-nanoGPT; faster and better here, bench/README.md) or "swiglu" (Llama's, 8/3 n_embd);
-grouped-query attention when n_kv_head < n_head (a smaller KV cache); F.scaled_dot_product_attention (flash
-on CUDA); the embedding tied to the head; no biases; init N(0, 0.02), residual projections 1/sqrt(2 n_layer)
-smaller (GPT-2). One CPU training speed trick: model.chunked_loss (see below). Linear layers:
-blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
+The choices, and why: RoPE, not learned positions (relative, and cached keys stay valid as the context grows); RMSNorm
+before each sub-layer, no gain (nanochat's); MLP "relu2" (relu(x W)^2, 4 n_embd wide: Primer, modded-nanoGPT; faster
+and better here, bench/README.md) or "swiglu" (Llama's, 8/3 n_embd); grouped-query attention when n_kv_head < n_head
+(a smaller KV cache); F.scaled_dot_product_attention (flash on CUDA); the embedding tied to the head; no biases; init
+N(0, 0.02), residual projections 1/sqrt(2 n_layer) smaller (GPT-2). A CPU training speed trick: model.chunked_loss.
+Linear layers: blocks.i.attn.{c_q, c_k, c_v, c_proj}, blocks.i.mlp.{c_fc, c_gate, c_proj}, lm_head.
 
     model = GPT(GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256))
     logits, loss = model(idx, targets)   # (B, T) int64 each; target -1 is ignored; no targets: loss None
@@ -24,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bpe import Tokenizer
+from configurator import atomic_write, plain
 
 
 @dataclass
@@ -55,8 +55,7 @@ class ContextFullError(ValueError):
     """More tokens than block_size: the caller should drop old tokens and try again."""
 
 
-def norm(x):
-    """RMSNorm without a gain: x / sqrt(mean(x^2) + eps) over the features."""
+def norm(x):  # RMSNorm without a gain: x / sqrt(mean(x^2) + eps) over the features
     return F.rms_norm(x, (x.size(-1),), eps=1e-6)
 
 
@@ -67,16 +66,14 @@ def rotary_angles(head_dim, theta, start, length, device):
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate each feature pair (2i, 2i+1) of x (B, T, heads, head_dim) by its angle."""
+def apply_rotary(x, cos, sin):  # rotate each feature pair (2i, 2i+1) of x (B, T, heads, head_dim) by its angle
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # the even and the odd features
     cos, sin = cos[:, None], sin[:, None]                  # the same angle for every head
     rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return rotated.flatten(-2).type_as(x)
 
 
-class KVCache:
-    """Keys and values of every layer for the tokens fed so far (their ids in `tokens`)."""
+class KVCache:  # keys and values of every layer for the tokens fed so far (their ids in `tokens`)
     def __init__(self, config, batch_size, device, dtype):
         shape = (config.n_layer, 2, batch_size, config.n_kv_head, config.block_size, config.n_embd // config.n_head)
         self.kv = torch.zeros(shape, device=device, dtype=dtype)
@@ -110,19 +107,14 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
-        past = cache.pos if cache is not None else 0
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
+        past = 0 if cache is None else cache.pos
+        k, v = (k, v) if cache is None else cache.update(self.layer, k, v)  # with those of the cached tokens first
         if self.n_kv_head != self.n_head:  # each group of query heads shares one key/value head
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+        # no cache yet (training, a first prefill): causal; one new token: sees all; T new: token i sees to past + i
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past) if past and T > 1 else None
         dropout = self.dropout if self.training else 0.0
-        if past == 0:     # training, or the first tokens of a generation: plain causal attention
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        elif T == 1:      # one new token attends to everything cached
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:             # T new tokens after `past` cached ones: new token i sees keys up to past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.c_proj(y), dropout, self.training)
 
@@ -235,19 +227,17 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(), cache=None):
-        """Yield up to max_new_tokens token ids, one at a time, continuing the context `ids` (a list).
-        A token in stop_ids is yielded, then generation stops; temperature 0 is greedy. The cache may live across
-        calls (chat keeps one per conversation): it knows which tokens it holds, and only what follows their common
-        prefix with `ids` is fed. Afterwards it holds the context and every yielded token but the last (a token is
-        fed only when the next one is asked for)."""
+        """Yield up to max_new_tokens token ids, one by one, continuing the context `ids`. A token in stop_ids is
+        yielded, then generation stops; temperature 0 is greedy. The cache may live across calls (chat keeps one per
+        conversation): it knows which tokens it holds, and only what follows their common prefix with `ids` is fed.
+        Afterwards it holds the context and every yielded token but the last (fed when the next is asked for)."""
         ids = [int(t) for t in ids]
         if not ids:
             raise ValueError("generate() needs at least one context token (e.g. <|endoftext|>)")
         cache = self.new_cache(1) if cache is None else cache
-        keep = 0  # the longest common prefix of what is cached and the new context
-        while keep < min(len(cache.tokens), len(ids)) and cache.tokens[keep] == ids[keep]:
+        keep = 0  # the longest common prefix of the cache and ids, short of the last id: fed, for its logits
+        while keep < min(len(cache.tokens), len(ids) - 1) and cache.tokens[keep] == ids[keep]:
             keep += 1
-        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits give the next token
         cache.truncate(keep)
         was_training = self.training
         self.eval()
@@ -265,8 +255,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
 
-def sample(logits, temperature=1.0, top_k=None, top_p=None):
-    """One token id from a (vocab,) vector of logits; temperature 0 is greedy."""
+def sample(logits, temperature=1.0, top_k=None, top_p=None):  # one token id from (vocab,) logits; temperature 0: greedy
     if temperature == 0:
         return int(logits.argmax())
     logits = logits / temperature
@@ -310,7 +299,6 @@ def orthogonalise(g, steps=5):
 class Muon(torch.optim.AdamW):
     """AdamW, but the groups with muon=True take Muon's step. Under DDP each process holds the whole all-reduced
     gradients and takes this same step on its own copy: correct with no communication."""
-
     @torch.no_grad()
     def step(self):
         for group in (g for g in self.param_groups if g.get("muon")):
@@ -342,7 +330,6 @@ def learning_rate_at(step, max_lr, min_lr, warmup_iters, decay_iters, schedule="
 # (-1: ignored). The head and its loss are ~40% of a small model's training step, passes over logits
 # (128 MB at darija_small's shape) far larger than a CPU's cache; a cache-sized chunk of rows at a time,
 # its gradient worked out on the spot, trains faster and lighter (bench/README.md).
-
 class ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets):
@@ -377,8 +364,7 @@ PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200 NVL
               "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
-def peak_flops(device):
-    """The peak FLOP/s of a CUDA device (the table above), from its name; 0 when unknown (or not CUDA)."""
+def peak_flops(device):  # the peak FLOP/s of a CUDA device (the table above) by its name; 0 when unknown or not CUDA
     if torch.device(device).type != "cuda":
         return 0
     words = f" {torch.cuda.get_device_name(device).replace('-', ' ')} "
@@ -398,15 +384,6 @@ def unwrap(model):  # the GPT inside a DDP and/or torch.compile wrapper
     return getattr(model, "_orig_mod", model)
 
 
-def plain(value):
-    """Settings as what torch.load(weights_only=True) accepts: numbers, strings, lists, dicts; else a string."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config=None,
                     tokenizer=None, tokenizer_sha256=None, optimizer=None, scaler=None):
     """Write a checkpoint atomically (kind: base, sft or lora_merged; optimizer and fp16 loss scale for resuming)."""
@@ -416,26 +393,17 @@ def save_checkpoint(path, model, kind="base", step=0, best_val_loss=None, config
     ckpt = {"model": model.state_dict(), "model_config": asdict(model.config), "kind": kind,
             "tokenizer": None if tokenizer is None else str(tokenizer), "tokenizer_sha256": tokenizer_sha256,
             "step": int(step), "best_val_loss": None if best_val_loss is None else float(best_val_loss),
-            "config": plain(config or {})}
+            "config": plain(config or {})}  # configurator.plain: what torch.load(weights_only=True) accepts
     if optimizer is not None:  # to resume exactly: and the fp16 loss scale ({} when not training in fp16)
         ckpt["optimizer"], ckpt["scaler"] = optimizer.state_dict(), scaler.state_dict() if scaler else {}
     atomic_save(ckpt, path)
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file at path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def atomic_save(obj, path):  # torch.save, written whole or not at all (configurator.atomic_write)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint dict (a directory means its best.pt), with clear errors for bad files."""
+def load_checkpoint(path, map_location="cpu"):  # a checkpoint dict (a folder: its best.pt), clear errors for bad files
     path = os.path.join(path, "best.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first (python pretrain.py config/...)")
@@ -468,8 +436,7 @@ def load_with_tokenizer(path, map_location="cpu"):
     return ckpt, Tokenizer.load(tok_path), tok_path
 
 
-def model_from_checkpoint(ckpt):
-    """A GPT built from a loaded checkpoint's model_config, with its weights (on the tensors' device)."""
+def model_from_checkpoint(ckpt):  # a GPT of a loaded checkpoint's model_config and weights (on their device)
     unknown = sorted(set(ckpt["model_config"]) - {f.name for f in fields(GPTConfig)})
     if unknown:
         raise ValueError(f"checkpoint model_config has unknown keys {unknown}: written by a newer model.py?")
@@ -478,10 +445,6 @@ def model_from_checkpoint(ckpt):
     return model.to(next(iter(ckpt["model"].values())).device)  # where the weights were loaded
 
 
-def sha256_of(path):
-    """sha256 of a file: what ties a model to its tokenizer, and an adapter to its base."""
-    digest = hashlib.sha256()
+def sha256_of(path):  # what ties a model to its tokenizer, and an adapter to its base
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -69,8 +69,7 @@ configure(globals(), also_from=("pretrain.py",))
 SETTINGS = {k: globals()[k] for k in setting_names(__file__)}
 
 
-def fail(msg):
-    """Stop with one clear line (no traceback): what went wrong and what to do."""
+def fail(msg):  # stop with one clear line (no traceback): what went wrong and what to do
     raise SystemExit(f"prepare.py: {msg}")
 
 
@@ -124,8 +123,7 @@ HUB_EXT = DATA_EXT + tuple(ext + ".gz" for ext in DATA_EXT)
 SOURCE_KEYS = {"hub", "path", "config", "split", "revision", "text_field", "txt_docs", "max_chars", "name"}
 
 
-def local_files(path):
-    """A file, or every data file under a folder (sorted, so the order is reproducible)."""
+def local_files(path):  # a file, or every data file under a folder (sorted, so the order is reproducible)
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
@@ -153,8 +151,7 @@ def check_source(src):
             fail(f"{key} must be a string, got {value!r} in {src!r}")
 
 
-def plan(srcs):
-    """List each source's files: (name, src, [(path in a hub repo or None, local path)])."""
+def plan(srcs):  # each source's files: (name, src, [(path in a hub repo or None, local path)])
     planned = []
     for src in srcs:
         if "hub" in src:  # a ConnectionError (out of reach, not cached) goes up to main(): the sample corpus
@@ -169,8 +166,7 @@ def plan(srcs):
     return planned
 
 
-def lines_of(path, stats):
-    """(line number, text) of a file, decoding UTF-8 line by line under the bad_bytes policy."""
+def lines_of(path, stats):  # (line number, text) of a file, decoding UTF-8 line by line under the bad_bytes policy
     with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
         for line_no, raw in enumerate(f, 1):
             try:
@@ -193,8 +189,7 @@ def parse_json(line):
         return None
 
 
-def read_file(path, src, stats):
-    """Yield the documents (raw strings) of one file, whatever its format."""
+def read_file(path, src, stats):  # the documents (raw strings) of one file, whatever its format
     field, ext = src.get("text_field", "text"), os.path.splitext(path.removesuffix(".gz"))[1]
     lines = (line for _, line in lines_of(path, stats))  # lazy: opens the file only when read
     if ext == ".txt":  # a document per line, or per block of lines between blank lines
@@ -244,8 +239,7 @@ def read_file(path, src, stats):
 
 
 def documents(src, remote, path, stats):
-    """The documents of one file. A hub file is downloaded only now (max_chars may not need it), and one found damaged
-    in the Hugging Face cache is fetched again, once (configurator.hub_read)."""
+    """The documents of one file; a hub file is downloaded only now (max_chars may not need it), again if damaged."""
     if remote is None:
         try:
             yield from read_file(path, src, stats)
@@ -287,8 +281,7 @@ LETTER = regex.compile(r"\p{L}")
 KEY = re.compile(r"[\W_]+")
 
 
-def clean(text, report):
-    """The cleaned document, or None when it is dropped; each change is counted in report."""
+def clean(text, report):  # the cleaned document, or None when it is dropped; each change is counted in report
     steps = (("newlines", True, lambda t: t.replace("\r\n", "\n").replace("\r", "\n")),
              ("nfkc", nfkc, lambda t: t if unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)),
              ("invisible", strip_invisible, lambda t: INVISIBLE.sub("", t)),
@@ -311,8 +304,7 @@ def clean(text, report):
     return text
 
 
-def collect(planned, work):
-    """Read, clean and write every document to work/docs.txt; return per-document arrays."""
+def collect(planned, work):  # read, clean and write every document to work/docs.txt; return per-document arrays
     stats, report = [Counter() for _ in planned], Counter()
     lengths, hashes, doc_source = array.array("I"), array.array("Q"), array.array("B")  # compact: 13 B/doc
     with open(os.path.join(work, "docs.txt"), "wb") as out, progress("reading and cleaning", unit=" chars") as bar:
@@ -338,8 +330,6 @@ def collect(planned, work):
         fail(f"{'only one document' if keep.any() else 'no documents'} left after cleaning (read {read}; "
              f"{dict((k, v) for k, v in report.items() if k.startswith('dropped') and v)}); "
              "need 2 (one for val): check the sources, text_field and min_doc_chars")
-    for src_index, s in enumerate(stats):
-        s["docs_kept"] = int((keep & (doc_source == src_index)).sum())
     return lengths, hashes, keep, stats, report, doc_source
 
 
@@ -383,8 +373,7 @@ def docs_from(work, lengths, wanted, batch_bytes=1 << 22):
             start = stop
 
 
-def get_tokenizer(work, lengths, hashes, train):
-    """Train on a random sample of the training documents, or load the given tokenizer file."""
+def get_tokenizer(work, lengths, hashes, train):  # trained on a random sample of the training documents, or loaded
     if tokenizer:
         try:
             tok = Tokenizer.load(tokenizer)
@@ -411,8 +400,7 @@ def encode(work, lengths, keep, val, tok):
     enc, eot = tok.to_tiktoken(), tok.eot_id
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
 
-    def encode_batch(batch):
-        """Token ids of a batch of documents, <|endoftext|> first, as (train array, val array)."""
+    def encode_batch(batch):  # token ids of a batch of documents, <|endoftext|> first, as (train array, val array)
         indices, texts = batch
         ids = ([], [])
         for text, to_val in zip(texts, val[indices].tolist()):
@@ -423,8 +411,7 @@ def encode(work, lengths, keep, val, tok):
     counts = {split: dict(docs=int(mask.sum()), tokens=0, bytes=int(lengths[mask].sum()))
               for split, mask in (("train", keep & ~val), ("val", keep & val))}
     threads = num_threads or os.cpu_count()
-    # batches of ~1 MB per thread task, rather than tiktoken's encode_ordinary_batch: it makes one
-    # task per document, which is 4x slower on short documents like these
+    # ~1 MB batches per thread task: tiktoken's encode_ordinary_batch makes a task per document, 4x slower on these
     batches = docs_from(work, lengths, keep, batch_bytes=1 << 20)
     with open(os.path.join(work, "train.bin"), "wb") as ftrain, open(os.path.join(work, "val.bin"), "wb") as fval, \
             ThreadPoolExecutor(threads) as pool, progress("encoding", sum(c["bytes"] for c in counts.values())) as bar:
@@ -472,7 +459,8 @@ def main():
         lengths, hashes, keep, stats, report, doc_source = collect(planned, work)
         seconds = {"read": time.time() - started}  # listing, downloading, reading, cleaning and dedup
         val = val_split(lengths, hashes, keep)
-        for src_index, s in enumerate(stats):  # val.bin holds them in source order: eval.py's bpb per source
+        for src_index, s in enumerate(stats):  # val.bin holds them in source order (eval.py's bpb per source)
+            s["docs_kept"] = int((keep & (doc_source == src_index)).sum())
             s["val_docs"] = int((keep & val & (doc_source == src_index)).sum())
         started = time.time()
         tok = get_tokenizer(work, lengths, hashes, keep & ~val)

@@ -6,32 +6,27 @@ pretrain.py: pre-train the GPT of model.py on data/NAME/{train,val}.bin (written
     torchrun --standalone --nproc_per_node=8 pretrain.py config/darija_base.py   # DDP
 
 What happens, top to bottom, and why:
-- settings (below), overridden by a config file and --key=value (configurator.py). The data
-  settings of prepare.py are accepted too: prepare.py runs first, on every start, with the same
-  command line less --force (here it means "start training over"): it builds data/NAME when it is
-  missing, does nothing when it is up to date, and refuses when it was built with other settings.
-- out_dir is this run's alone (out_dir.lock beside it, while the run lasts) and holds only what
-  pretrain.py writes: a folder with anything else in it is refused, --force or not.
-- batches are random windows of block_size + 1 tokens read through np.memmap (the .bin never has
-  to fit in memory). The windows of optimizer step `it` come from a generator seeded with
-  (seed, it): a resumed run sees the very same batches, and N DDP processes split exactly the
-  global batch one process would see (each takes its share of the micro-batches).
-- AdamW (decay on matrices only), or Muon for the blocks' matrices (model.py); linear warmup then
-  cosine decay to min_lr (or "wsd": warmup, stable, then a linear decay over the last decay_frac),
-  gradient clipping, gradient accumulation (grad_accum_steps is the global count, split across processes).
-- CUDA: bf16 autocast (fp16 + GradScaler below compute capability 8.0: T4, V100), TF32 matmuls,
-  torch.compile. CPU: float32, compile off by default (a few % faster after ~30 s of compiling).
-- every eval_interval steps: train/val loss on fixed windows, validation bits per byte
-  (val nats per token x tokens per byte of the val split / ln 2: comparable across tokenizers),
-  a short sample, then out/NAME/last.pt (and best.pt when val loss improved), written atomically;
-  over 4 passes over the data, the run stops once val has not improved for `patience` evaluations.
-  Several machines: out_dir must be one folder they share (rank 0 writes it, every process resumes from it).
-- Ctrl-C / SIGTERM: finish the current step, save last.pt, exit. A NaN/inf loss stops the run
-  with a message and saves nothing, so the last good checkpoint stays intact. Resuming refuses
-  data tokenized otherwise than the checkpoint's, and cuts log.jsonl back to the checkpoint's step.
-- logs: a console line (loss, lr, tokens/s and MFU per GPU, leaving out the first step's compiling, ETA;
-  the loss stays on the GPU between log lines: reading it waits for the GPU), out/NAME/log.jsonl, optional
-  wandb, and out/NAME/loss.png when matplotlib is installed.
+- settings (below), overridden by a config file and --key=value (configurator.py); prepare.py's data settings too:
+  prepare.py runs first, on every start, with the same command line less --force (here: "start training over"): it
+  builds data/NAME when missing, does nothing when it is up to date, and refuses when built with other settings.
+- out_dir is this run's alone (out_dir.lock beside it, while the run lasts) and holds only what pretrain.py writes: a
+  folder with anything else in it is refused, --force or not.
+- batches are random windows of block_size + 1 tokens read through np.memmap (the .bin never has to fit in memory).
+  The windows of optimizer step `it` come from a generator seeded with (seed, it): a resumed run sees the very same
+  batches, and N DDP processes split exactly one process's global batch (each takes its share of the micro-batches).
+- AdamW (decay on matrices only), or Muon for the blocks' matrices (model.py); linear warmup then cosine decay to
+  min_lr (or "wsd": warmup, stable, then a linear decay over the last decay_frac), gradient clipping, gradient
+  accumulation (grad_accum_steps is the global count, split across processes).
+- CUDA: bf16 autocast (fp16 + GradScaler below compute capability 8.0: T4, V100), TF32 matmuls, torch.compile. CPU:
+  float32, compile off by default (a few % faster after ~30 s of compiling).
+- every eval_interval steps: train/val loss on fixed windows, validation bits per byte (val nats per token x tokens
+  per byte of the val split / ln 2: comparable across tokenizers), a short sample, then out/NAME/last.pt (and best.pt
+  when val loss improved), written atomically. Over 4 passes over the data, the run stops once val has not improved
+  for `patience` evaluations. Several machines: out_dir must be one folder they share (rank 0 writes, all resume).
+- Ctrl-C / SIGTERM: finish the current step, save last.pt, exit. A NaN/inf loss stops the run and saves nothing: the
+  last good checkpoint stays intact. Resuming refuses data tokenized otherwise and cuts log.jsonl back to its step.
+- logs: a console line (loss, lr, tokens/s and MFU per GPU, ETA; see the training loop), out/NAME/log.jsonl,
+  optional wandb, and out/NAME/loss.png when matplotlib is installed.
 """
 import gc
 import json
@@ -119,8 +114,7 @@ if ddp and device.startswith("cuda"):
 if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
     sys.exit(f"device must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
 device_type, _, device_index = device.partition(":")
-# A device this machine lacks is said as such here; later it would surface as a traceback, or as a
-# "corrupt checkpoint" when resuming (loading onto it fails).
+# A device this machine lacks is said here: later it would be a traceback, or a "corrupt checkpoint" when resuming
 gpus = torch.cuda.device_count()
 if device_type == "cuda" and int(device_index or 0) >= gpus:
     sys.exit(f"device {device!r} asked for, but this machine has {gpus} CUDA GPU(s) that PyTorch can use: "
@@ -163,8 +157,7 @@ if master:  # the one process that writes out_dir
 
 # --- data: prepare.py checks it on every start, so that changed data settings are refused, not ignored ---
 data_dir = os.path.join("data", dataset)
-# pretrain.py's own arguments (prepare.py takes the data settings among them), less --force: here it
-# means "start training over"; rebuilding the data is prepare.py's --force, typed to prepare.py
+# its own arguments (prepare.py takes the data settings among them) less --force: here, "start training over"
 prepare_args = [arg for arg in sys.argv[1:] if arg != "--force" and not arg.startswith("--force=")]
 prepare_command = shlex.join(["python", "prepare.py", *prepare_args])
 if local_rank == 0:  # one process per machine, before the others wait for it (torchrun stops them if it fails)
@@ -225,8 +218,7 @@ except (OSError, ValueError, KeyError, TypeError) as e:  # missing, not JSON, a 
     sys.exit(f"{meta_path} is missing or damaged ({type(e).__name__}: {e}); rebuild the data with `{rebuild}`")
 
 
-def split_tokens(split):
-    # A fresh memmap per batch: a long-lived one keeps growing the process's memory (nanoGPT).
+def split_tokens(split):  # a fresh memmap per batch: a long-lived one keeps growing the process's memory (nanoGPT)
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=data_dtype, mode="r")
 
 
@@ -234,8 +226,7 @@ for split in ("train", "val"):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         sys.exit(f"{path} is missing; rebuild the data with `{rebuild}`")
-    # Checked by size before np.memmap, which cannot map an empty file; a .bin shorter than meta.json says
-    # was cut short (a full disk, a copy that stopped)
+    # by size, before np.memmap (it cannot map an empty file); shorter than meta.json says: cut short (a full disk)
     tokens = os.path.getsize(path) // data_dtype.itemsize
     if tokens != promised[split]:
         sys.exit(f"{path} holds {tokens} tokens, not the {promised[split]} of {meta_path}: it is damaged; "
@@ -262,8 +253,7 @@ def step_windows(it):
     return starts[rank * local_accum:(rank + 1) * local_accum]
 
 
-def eval_windows(split):
-    # The same windows at every evaluation: differences between evaluations are the model's.
+def eval_windows(split):  # the same windows at every evaluation: differences between evaluations are the model's
     rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
     return rng.integers(0, len(split_tokens(split)) - block_size - 1, size=(eval_iters, batch_size))
 
@@ -325,11 +315,9 @@ def evaluate():
             with autocast:
                 losses.append(model(*get_batch(split, windows))[1].item())
         out[f"{split}_loss"] = sum(losses) / len(losses)
-    val = meta["val"]
-    out["val_bpb"] = out["val_loss"] * val["tokens"] / val["bytes"] / math.log(2)
+    out["val_bpb"] = out["val_loss"] * meta["val"]["tokens"] / meta["val"]["bytes"] / math.log(2)
     if sample_tokens:
-        ids = list(raw_model.generate([meta["eot_id"]], sample_tokens, temperature=0.8, top_k=50))
-        out["sample"] = decode(ids)
+        out["sample"] = decode(list(raw_model.generate([meta["eot_id"]], sample_tokens, temperature=0.8, top_k=50)))
     model.train()
     return out
 
@@ -379,9 +367,8 @@ def plot_losses():
 
 
 def keep_log_until(step):
-    """Resuming: keep the records up to the checkpoint's step, and only those. A run killed after its last
-    checkpoint logged steps that will now run again, and its last line may be cut off: each step must
-    appear once, in order. Rewritten atomically (a temporary file, then a rename)."""
+    """Resuming: keep the records up to the checkpoint's step, and only those. A run killed after its last checkpoint
+    logged steps that will now run again, and its last line may be cut off: each step must appear once, in order."""
     if not os.path.exists(log_path):
         return
     kept = []
@@ -401,14 +388,8 @@ def keep_log_until(step):
 
 # --- signals: finish the step, save, exit ---
 stop = {"requested": False}
-
-
-def request_stop(signum, frame):
-    stop["requested"] = True
-
-
-signal.signal(signal.SIGINT, request_stop)
-signal.signal(signal.SIGTERM, request_stop)
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda received, frame: stop.update(requested=True))
 if master:
     os.makedirs(out_dir, exist_ok=True)
     for name in own_files():  # checked at the start: all pretrain.py's

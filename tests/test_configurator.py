@@ -2,11 +2,12 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from configurator import setting_names
+from configurator import atomic_write, plain, setting_names
 
 
 def write_script(tmp_path, body):
@@ -207,3 +208,21 @@ def test_claim_refuses_a_folder_in_use_and_takes_over_a_dead_lock(tmp_path):
     assert third.returncode == 0 and third.stdout.strip() == "claimed"
     assert f"note: taking over {folder}.lock, left by process {first.pid}, which is gone" in third.stderr
     assert not (tmp_path / "data" / "x.lock").exists()  # released at exit
+
+
+def test_plain_turns_settings_into_what_a_checkpoint_holds():
+    assert plain({"a": (1, 2.5), 3: [None, True, "x"], "p": ROOT}) == {"a": [1, 2.5], "3": [None, True, "x"],
+                                                                    "p": str(ROOT)}
+
+
+def test_atomic_write_leaves_the_old_file_whole_when_writing_fails(tmp_path):
+    path = tmp_path / "out" / "f.txt"
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text("new"))  # the folder is made
+    assert path.read_text() == "new"
+
+    def broken(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(str(path), broken)
+    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
