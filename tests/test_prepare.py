@@ -414,7 +414,7 @@ def test_hub_dataset_downloaded_once_is_used_with_the_server_gone(tmp_path, hub)
 def test_a_hub_file_that_comes_short_is_an_error_and_not_cached(tmp_path, hub):
     hub.datasets["me/darija"], hub.cut_short = DARIJA, True
     r = run(tmp_path, src(hub="me/darija", config="cfg"), env={"HF_ENDPOINT": hub.url}, ok=False)
-    assert "prepare.py: downloading cfg/train-00000.jsonl from the hub failed (" in r.stderr
+    assert "prepare.py: downloading cfg/train-00000.jsonl from me/darija failed (" in r.stderr
     assert "run again to resume" in r.stderr and "Traceback" not in r.stderr
     assert not list((tmp_path / "hf_home/hub/datasets--me--darija").glob("snapshots/*/cfg/train-00000.jsonl"))
 
