@@ -356,6 +356,7 @@ def browser():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+@pytest.mark.slow  # a real browser: ~15 s, and its Stop races a fast server on a loaded machine
 def test_page_in_a_browser_streams_and_gives_each_bubble_its_direction(servers, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
