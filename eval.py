@@ -26,7 +26,7 @@ import regex
 import torch
 import torch.nn.functional as F
 
-from configurator import claim_output, configure, plain_name
+from configurator import atomic_write, claim_output, configure, plain_name
 from model import load_with_tokenizer, model_from_checkpoint, sha256_of
 
 # --- settings (override with a config file and --key=value) ---
@@ -416,15 +416,13 @@ def chart(report, path):
         axis.set_title(f"{task}: {key}", fontsize=9)
         axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(f"{path}.tmp{os.getpid()}", format="png", dpi=100)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
-    os.replace(f"{path}.tmp{os.getpid()}", path)
     return True
 
 
-def write_atomic(path, text):  # through a temporary file: a crash never leaves a half-written file at path
-    Path(f"{path}.tmp{os.getpid()}").write_text(text, encoding="utf-8")
-    os.replace(f"{path}.tmp{os.getpid()}", path)
+def write_atomic(path, text):  # through a temporary file (configurator.atomic_write)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def main():

@@ -29,12 +29,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import claim_output, configure, plain_name
+from configurator import atomic_write, claim_output, configure, plain_name
 from model import (atomic_save, learning_rate_at, load_checkpoint, load_with_tokenizer, model_from_checkpoint,
                    plain, save_checkpoint, sha256_of, training_precision, unwrap)
 
@@ -485,9 +486,8 @@ def main():
             fail("eval.py could not score the merged model (see above)")
         with open(os.path.join(out_dir, "eval", "report.json"), encoding="utf-8") as f:
             metrics["lora"] = json.load(f)["checkpoints"][0]["translation"]
-    with open(os.path.join(out_dir, "metrics.json.tmp"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1, ensure_ascii=False)
-    os.replace(os.path.join(out_dir, "metrics.json.tmp"), os.path.join(out_dir, "metrics.json"))
+    atomic_write(os.path.join(out_dir, "metrics.json"),
+                 lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8"))
     print(f"done: {adapter_path} (step {best_step}, val loss {best_val:.4f}, "
           f"{os.path.getsize(adapter_path) / 1024:,.0f} KiB){f'; merged: {merged_path}' if merge else ''}")
 

@@ -92,7 +92,7 @@ metric_skip = 0                     # held-out items passed over first (scores i
 few_shot = 3                        # solved examples shown to the base model
 max_new_tokens = 64
 
-from configurator import claim_output, configure, hub_files, hub_read, plain_name  # noqa: E402
+from configurator import atomic_write, claim_output, configure, hub_files, hub_read, plain_name  # noqa: E402
 config = configure(globals())
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -292,10 +292,8 @@ def build_dataset(data_dir, tok, tok_path, tok_sha):
     return stats
 
 
-def write_atomic(path, text):  # through a temporary file: a crash never leaves a half-written file at path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Path(f"{path}.tmp{os.getpid()}").write_text(text, encoding="utf-8")
-    os.replace(f"{path}.tmp{os.getpid()}", path)
+def write_atomic(path, text):  # through a temporary file (configurator.atomic_write)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 prompts_path = prompts if os.path.isfile(prompts) else os.path.join(ROOT, prompts)  # shipped with the code
